@@ -1,0 +1,164 @@
+"""Configuration, read once: defaults, then a TOML file, then the environment, then flags.
+
+Everything the engine reads from outside lives in one :class:`Config` built at
+start-up; nothing else in the package looks at ``os.environ``. Later sources win:
+a flag beats an environment variable, which beats the file.
+
+A TOML file mirrors the fields below::
+
+    provider = "anthropic"
+    heartbeat = 15
+
+    [providers.anthropic]
+    api_key = "..."
+    model = "claude-sonnet-4-5"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta, Struct
+
+from .errors import InvalidFields
+
+__all__ = ["DEFAULT_MODELS", "Config", "ProviderSettings"]
+
+#: The model each provider uses when neither the request nor the config names one.
+DEFAULT_MODELS: dict[str, str] = {
+    "mock": "mock-1",
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-sonnet-4-5",
+    "gemini": "gemini-2.5-flash",
+}
+
+# Environment variables per provider: (setting, variable names, first found wins).
+_PROVIDER_ENV: dict[str, dict[str, tuple[str, ...]]] = {
+    "openai": {
+        "api_key": ("OPENAI_API_KEY",),
+        "base_url": ("OPENAI_BASE_URL",),
+        "organization": ("OPENAI_ORGANIZATION", "OPENAI_ORG_ID"),
+        "model": ("OPENAI_MODEL",),
+    },
+    "anthropic": {
+        "api_key": ("ANTHROPIC_API_KEY",),
+        "base_url": ("ANTHROPIC_BASE_URL",),
+        "model": ("ANTHROPIC_MODEL",),
+    },
+    "gemini": {
+        "api_key": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+        "base_url": ("GEMINI_BASE_URL",),
+        "model": ("GEMINI_MODEL",),
+    },
+}
+
+# Engine-wide settings that may come from the environment.
+_ENGINE_ENV: dict[str, str] = {
+    "provider": "ENGINE_PROVIDER",
+    "memory_url": "ENGINE_MEMORY_URL",
+    "host": "ENGINE_HOST",
+    "port": "ENGINE_PORT",
+    "log_level": "ENGINE_LOG_LEVEL",
+}
+
+Seconds = Annotated[float, Meta(gt=0)]
+
+
+class ProviderSettings(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """How to reach one provider. ``api_key`` is never logged or echoed."""
+
+    api_key: str | None = None
+    base_url: str | None = None
+    model: str | None = None
+    organization: str | None = None
+    #: Seconds to open the TCP/TLS connection.
+    connect_timeout: Seconds = 10.0
+    #: Seconds from sending the request to the response status (reasoning models think first).
+    first_byte_timeout: Seconds = 300.0
+    #: Seconds allowed between two pieces of a streamed body.
+    idle_timeout: Seconds = 120.0
+    #: Retries before the response headers went out, for 429, 5xx and connect errors.
+    max_retries: Annotated[int, Meta(ge=0, le=10)] = 2
+    #: Anthropic requires ``max_tokens`` on every request; this is sent when the request has none.
+    default_max_tokens: Annotated[int, Meta(ge=1)] = 4096
+
+    def __repr__(self) -> str:
+        # Keep keys out of reprs, tracebacks and logs.
+        key = "***" if self.api_key else None
+        return f"ProviderSettings(base_url={self.base_url!r}, model={self.model!r}, api_key={key})"
+
+
+class Config(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Everything the engine is configured with."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
+    #: The provider a request gets when it names none.
+    provider: str = "mock"
+    #: Seconds of silence after which a stream gets a keep-alive comment.
+    heartbeat: Seconds = 15.0
+    #: Seconds a write may wait for a slow client before the stream is dropped.
+    send_timeout: Seconds = 30.0
+    #: Seconds open streams get to finish when the server stops.
+    shutdown_grace: Annotated[float, Meta(ge=0)] = 10.0
+    #: Largest request body accepted, in bytes (413 above).
+    max_body_size: Annotated[int, Meta(ge=1)] = 1024 * 1024
+    #: The reconnection delay sent to clients as ``retry:``, in milliseconds.
+    retry_ms: Annotated[int, Meta(ge=0)] = 3000
+    log_level: str = "info"
+    #: Where conversation memory lives: sqlite:///path, memory://, redis://..., postgresql://...
+    memory_url: str = "sqlite:///./engine-memory.db"
+    #: Seconds a conversation is kept by stores that expire keys (Redis).
+    memory_ttl: Annotated[int, Meta(ge=1)] = 30 * 24 * 3600
+    providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
+
+    def provider_settings(self, name: str) -> ProviderSettings:
+        """The settings for ``name``, defaults filled in (the model above all)."""
+        settings = self.providers.get(name) or ProviderSettings()
+        if settings.model is None:
+            settings = msgspec.structs.replace(settings, model=DEFAULT_MODELS.get(name, name))
+        return settings
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> Config:
+        """Build the config: defaults < TOML file at ``path`` < ``environ`` < ``overrides``.
+
+        ``environ`` defaults to ``os.environ``; pass ``{}`` to ignore it (tests do).
+        ``None`` values in ``overrides`` are skipped, so unset flags change nothing.
+
+        Raises :class:`~engine.errors.InvalidFields` for a bad file or value.
+        """
+        data: dict[str, Any] = {}
+        if path is not None:
+            try:
+                data = tomllib.loads(Path(path).read_text())
+            except (OSError, tomllib.TOMLDecodeError) as exc:
+                raise InvalidFields(f"cannot read config file {path}: {exc}") from exc
+        env = os.environ if environ is None else environ
+        for field, var in _ENGINE_ENV.items():
+            if env.get(var):
+                data[field] = env[var]
+        providers = data.setdefault("providers", {})
+        for name, fields in _PROVIDER_ENV.items():
+            for field, names in fields.items():
+                value = next((env[n] for n in names if env.get(n)), None)
+                if value is not None:
+                    providers.setdefault(name, {})[field] = value
+        for key, value in overrides.items():
+            if value is not None:
+                data[key] = value
+        try:
+            return msgspec.convert(data, cls, strict=False)
+        except msgspec.ValidationError as exc:
+            raise InvalidFields(f"invalid configuration: {exc}") from exc

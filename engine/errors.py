@@ -1,0 +1,211 @@
+"""The engine's exceptions, mapped to HTTP in exactly one place (``app.py``).
+
+Every error the engine raises on purpose is an :class:`EngineError`. Each class
+carries the HTTP status it maps to and a short machine-readable ``type``, the way
+h11 carries ``error_status_hint``: the code that raises knows what went wrong, the
+middleware alone decides how that looks on the wire (a JSON body before the
+response headers went out, an ``event: error`` after).
+
+Tree::
+
+    EngineError                      500 engine_error
+    ├── BadRequest                   400 bad_request
+    │   └── UnknownProvider          400 unknown_provider
+    ├── NotFound                     404 not_found
+    ├── PayloadTooLarge              413 payload_too_large
+    ├── UnsupportedMediaType         415 unsupported_media_type
+    ├── InvalidFields                422 invalid_fields
+    ├── ProviderNotConfigured        503 provider_not_configured
+    ├── StoreUnavailable             503 store_unavailable
+    ├── ShuttingDown                 503 shutdown
+    ├── SSEProtocolError             502 sse_protocol_error
+    └── UpstreamError                502 upstream_error
+        ├── UpstreamAuthError        502 upstream_auth_error   (upstream 401/403)
+        ├── UpstreamRateLimited      429 rate_limited          (upstream 429, Retry-After kept)
+        ├── UpstreamBadRequest       400 upstream_bad_request  (upstream 400/404/422)
+        ├── UpstreamUnavailable      503 upstream_unavailable  (upstream 503/529 overloaded)
+        ├── UpstreamConnectError     502 upstream_connect_error
+        └── UpstreamTimeout          504 upstream_timeout
+
+An upstream 401 is the *gateway's* credentials being wrong, not the caller's, so
+it maps to 502 rather than being passed through as 401.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequest",
+    "EngineError",
+    "InvalidFields",
+    "NotFound",
+    "PayloadTooLarge",
+    "ProviderNotConfigured",
+    "SSEProtocolError",
+    "ShuttingDown",
+    "StoreUnavailable",
+    "UnknownProvider",
+    "UnsupportedMediaType",
+    "UpstreamAuthError",
+    "UpstreamBadRequest",
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamRateLimited",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class EngineError(Exception):
+    """Raised when the engine fails in a way it did not anticipate more precisely.
+
+    ``status`` is the HTTP status the error maps to, ``type`` the short name that
+    goes into JSON bodies and error events. Both are class attributes so a
+    subclass is all it takes to add a new kind of failure.
+    """
+
+    status: int = 500
+    type: str = "engine_error"
+
+    def __init__(self, message: str = "", *, retry_after: float | None = None) -> None:
+        super().__init__(message or self.__class__.__doc__ or self.type)
+        self.message = message or self.type
+        #: Seconds the caller should wait before retrying, when known (429/503).
+        self.retry_after = retry_after
+
+    def to_dict(self) -> dict[str, object]:
+        """The error as the JSON object the HTTP layer sends."""
+        return {"error": True, "message": self.message, "code": self.status, "type": self.type}
+
+
+class BadRequest(EngineError):
+    """Raised when a request cannot be parsed (malformed JSON, bad query string)."""
+
+    status = 400
+    type = "bad_request"
+
+
+class UnknownProvider(BadRequest):
+    """Raised when a request names a provider the engine does not know."""
+
+    type = "unknown_provider"
+
+
+class NotFound(EngineError):
+    """Raised when a resource or route does not exist."""
+
+    status = 404
+    type = "not_found"
+
+
+class PayloadTooLarge(EngineError):
+    """Raised when a request body is larger than the configured limit."""
+
+    status = 413
+    type = "payload_too_large"
+
+
+class UnsupportedMediaType(EngineError):
+    """Raised when a request body is not ``application/json``."""
+
+    status = 415
+    type = "unsupported_media_type"
+
+
+class InvalidFields(EngineError):
+    """Raised when a well-formed request has fields with wrong types or values."""
+
+    status = 422
+    type = "invalid_fields"
+
+
+class ProviderNotConfigured(EngineError):
+    """Raised when a provider is asked for but a setting it needs (an API key) is missing."""
+
+    status = 503
+    type = "provider_not_configured"
+
+
+class StoreUnavailable(EngineError):
+    """Raised when the conversation memory store cannot be reached or fails."""
+
+    status = 503
+    type = "store_unavailable"
+
+
+class ShuttingDown(EngineError):
+    """Raised (and sent as an error event) when the server stops while a stream is open."""
+
+    status = 503
+    type = "shutdown"
+
+
+class SSEProtocolError(EngineError):
+    """Raised when an event stream breaks a hard limit (a line or event too large).
+
+    The WHATWG rules never reject input otherwise; this exists so a hostile or
+    broken upstream cannot make the decoder buffer without bound.
+    """
+
+    status = 502
+    type = "sse_protocol_error"
+
+
+class UpstreamError(EngineError):
+    """Raised when a provider's API fails: a 5xx, a broken stream, an error event."""
+
+    status = 502
+    type = "upstream_error"
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        retry_after: float | None = None,
+        upstream_status: int | None = None,
+        upstream_type: str | None = None,
+    ) -> None:
+        super().__init__(message, retry_after=retry_after)
+        #: The HTTP status the upstream answered with, when it answered.
+        self.upstream_status = upstream_status
+        #: The provider's own error type (Anthropic's ``overloaded_error``, say).
+        self.upstream_type = upstream_type
+
+
+class UpstreamAuthError(UpstreamError):
+    """Raised when the provider rejects the gateway's credentials (401/403)."""
+
+    type = "upstream_auth_error"
+
+
+class UpstreamRateLimited(UpstreamError):
+    """Raised when the provider answers 429; ``retry_after`` carries its Retry-After."""
+
+    status = 429
+    type = "rate_limited"
+
+
+class UpstreamBadRequest(UpstreamError):
+    """Raised when the provider rejects the request itself (400, 404, 422)."""
+
+    status = 400
+    type = "upstream_bad_request"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Raised when the provider says it is overloaded or unavailable (503, 529)."""
+
+    status = 503
+    type = "upstream_unavailable"
+
+
+class UpstreamConnectError(UpstreamError):
+    """Raised when the provider cannot be reached (DNS, refused, reset before a reply)."""
+
+    type = "upstream_connect_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """Raised when the provider is too slow: to connect, to the first byte, or between chunks."""
+
+    status = 504
+    type = "upstream_timeout"

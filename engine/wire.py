@@ -1,0 +1,137 @@
+"""Wire types: what crosses the engine's boundaries, as msgspec Structs.
+
+Requests are validated by decoding into these types (a wrong type or value is a
+``msgspec.ValidationError``, which the app maps to 422); responses and events
+are encoded from them. Output Structs use ``omit_defaults`` only where leaving a
+field out is part of the format (``usage`` appears on the last chunk alone).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+__all__ = [
+    "ChatRequest",
+    "Chunk",
+    "DoneEvent",
+    "ErrorEvent",
+    "Message",
+    "Options",
+    "Reply",
+    "Role",
+    "SessionRef",
+    "StartEvent",
+    "Usage",
+]
+
+Role = Literal["system", "user", "assistant"]
+
+#: A parent class or id for conversation memory: printable, 1..200 characters.
+ParentKey = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class Message(Struct, kw_only=True):
+    """One message of a conversation, in the order it was said."""
+
+    role: Role
+    content: str
+
+
+class Usage(Struct, kw_only=True):
+    """Token counts for one reply, as the provider reported them (or the mock computed)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Chunk(Struct, kw_only=True, omit_defaults=True):
+    """One piece of a streamed reply: the seed's stream format.
+
+    ``finish_reason`` is ``None`` until the last chunk, which also carries
+    ``usage``. ``tool_calls`` holds a provider's tool-call deltas untouched, so
+    they are relayed rather than dropped.
+    """
+
+    # No defaults on the first four: ``omit_defaults`` must never drop them,
+    # since the format shows ``role`` and ``"finish_reason": null`` on every chunk.
+    role: str
+    content: str
+    model: str
+    finish_reason: str | None
+    usage: Usage | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class Reply(Struct, kw_only=True):
+    """A whole, non-streamed reply (``POST /v1/chat``, ``provider.send()``)."""
+
+    role: str = "assistant"
+    content: str
+    model: str
+    finish_reason: str | None
+    usage: Usage | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+StopList = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=16)]
+
+
+class Options(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """Per-request generation options. Unknown names are rejected (422), not ignored.
+
+    ``interval_ms`` and ``token_size`` drive the mock provider (a load-testing
+    target); ``max_history`` trims what memory sends upstream, never what it stores.
+    """
+
+    max_tokens: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
+    temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
+    stop: str | StopList | None = None
+    interval_ms: Annotated[int, Meta(ge=0, le=60_000)] | None = None
+    token_size: Annotated[int, Meta(ge=1, le=65_536)] | None = None
+    max_history: Annotated[int, Meta(ge=0)] | None = None
+
+
+class SessionRef(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Which conversation a request belongs to: ``{"parent": "ChatSession", "id": "42"}``."""
+
+    parent: ParentKey
+    id: ParentKey
+
+
+class ChatRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /v1/chat/stream`` and ``POST /v1/chat``."""
+
+    messages: Annotated[list[Message], Meta(min_length=1)]
+    provider: str | None = None
+    model: str | None = None
+    options: Options = msgspec.field(default_factory=Options)
+    session: SessionRef | None = None
+
+
+class StartEvent(Struct, kw_only=True, tag_field="type", tag="start"):
+    """First event of a stream: which stream, provider and model answer."""
+
+    stream_id: str
+    provider: str
+    model: str
+
+
+class DoneEvent(Struct, kw_only=True, tag_field="type", tag="done"):
+    """Last event of a stream that ended normally."""
+
+    finish_reason: str | None
+    usage: Usage | None = None
+
+
+class ErrorEvent(Struct, kw_only=True):
+    """Data of an ``error`` event, and the JSON body of an error response."""
+
+    error: bool = True
+    message: str
+    code: int
+    type: str
