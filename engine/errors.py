@@ -27,6 +27,10 @@ Tree::
         ├── UpstreamConnectError     502 upstream_connect_error
         └── UpstreamTimeout          504 upstream_timeout
 
+Outside the tree, :class:`ClientDisconnectedError` is how a write learns that
+the *client* is gone; there is nobody left to send an HTTP error to, so it never
+reaches the middleware.
+
 An upstream 401 is the *gateway's* credentials being wrong, not the caller's, so
 it maps to 502 rather than being passed through as 401.
 """
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadRequest",
+    "ClientDisconnectedError",
     "EngineError",
     "InvalidFields",
     "NotFound",
@@ -209,3 +214,12 @@ class UpstreamTimeout(UpstreamError):
 
     status = 504
     type = "upstream_timeout"
+
+
+class ClientDisconnectedError(ConnectionResetError):
+    """Raised by a stream write when the client has gone away or stopped reading.
+
+    A ``ConnectionResetError`` (so code that already handles aiohttp's
+    ``ClientConnectionResetError`` keeps working), not an :class:`EngineError`:
+    it ends the stream quietly, it is never reported to anyone.
+    """

@@ -66,14 +66,17 @@ class Chunk(Struct, kw_only=True, omit_defaults=True):
     tool_calls: list[dict[str, Any]] | None = None
 
 
-class Reply(Struct, kw_only=True):
-    """A whole, non-streamed reply (``POST /v1/chat``, ``provider.send()``)."""
+class Reply(Struct, kw_only=True, omit_defaults=True):
+    """A whole, non-streamed reply (``POST /v1/chat``, ``provider.send()``).
 
-    role: str = "assistant"
+    Only ``tool_calls`` is left out when empty; the other fields always appear.
+    """
+
+    role: str
     content: str
     model: str
     finish_reason: str | None
-    usage: Usage | None = None
+    usage: Usage | None
     tool_calls: list[dict[str, Any]] | None = None
 
 

@@ -142,7 +142,7 @@ class Provider(abc.ABC):
         chunks = await self.open(messages, model=model, options=to_options(options, extra))
         return await collect(chunks)
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook, nothing to release by default
         """Release what the provider holds (the shared HTTP session is not its to close)."""
 
 
@@ -164,6 +164,7 @@ async def collect(chunks: ChunkStream) -> Reply:
             if chunk.tool_calls:
                 tool_calls.extend(chunk.tool_calls)
     return Reply(
+        role="assistant",
         content="".join(parts),
         model=model,
         finish_reason=finish_reason,

@@ -20,7 +20,13 @@ from .base import ChunkStream, Provider
 if TYPE_CHECKING:
     from ..config import ProviderSettings
 
-__all__ = ["DEFAULT_CHUNKS", "DEFAULT_INTERVAL_MS", "DEFAULT_TOKEN_SIZE", "MockProvider", "mock_text"]
+__all__ = [
+    "DEFAULT_CHUNKS",
+    "DEFAULT_INTERVAL_MS",
+    "DEFAULT_TOKEN_SIZE",
+    "MockProvider",
+    "mock_text",
+]
 
 DEFAULT_CHUNKS = 40
 DEFAULT_INTERVAL_MS = 20

@@ -1,0 +1,378 @@
+"""The aiohttp application: ``create_app(config)``, standalone or mounted with ``add_subapp``.
+
+Routes::
+
+    POST /v1/chat/stream     JSON ChatRequest  -> text/event-stream
+    GET  /v1/chat/stream     ?q=&provider=&model=&parent=&parent_id=&<options>  (EventSource)
+    POST /v1/chat            JSON ChatRequest  -> JSON Reply
+    GET  /v1/memory/{parent}/{id}            -> the conversation's messages
+    POST /v1/memory/{parent}/{id}/messages   -> add one message
+    DELETE /v1/memory/{parent}/{id}          -> clear
+    GET  /healthz
+
+Errors are mapped to HTTP here and only here: :func:`error_middleware` turns an
+:class:`~engine.errors.EngineError` raised before the response headers went out
+into a JSON body with the error's status; once a stream has begun,
+:class:`~engine.stream.EventStream` sends the same fields as ``event: error``.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from .config import Config
+from .errors import (
+    BadRequest,
+    EngineError,
+    InvalidFields,
+    PayloadTooLarge,
+    StoreUnavailable,
+    UnsupportedMediaType,
+)
+from .gateway import Engine
+from .sse import encode_json
+from .wire import ChatRequest, DoneEvent, ErrorEvent, Message, Options, SessionRef, StartEvent
+
+__all__ = ["ENGINE", "create_app", "error_middleware"]
+
+log = logging.getLogger("engine.app")
+
+#: The application's :class:`Engine`, for handlers of an app that mounts ours.
+ENGINE = web.AppKey("engine", Engine)
+
+T = TypeVar("T")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Query parameters of GET /v1/chat/stream that are not generation options.
+_QUERY_FIELDS = frozenset({"q", "provider", "model", "parent", "parent_id"})
+
+
+def json_response(
+    obj: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode(obj),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _error_response(
+    status: int, message: str, type: str, retry_after: float | None = None
+) -> web.Response:
+    headers = None
+    if retry_after is not None:
+        # Retry-After is whole seconds (RFC 9110 10.2.3); round up, never to 0.
+        headers = {"Retry-After": str(max(1, int(-(-retry_after // 1))))}
+    return json_response(ErrorEvent(message=message, code=status, type=type), status, headers)
+
+
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error raised before the response started to a JSON body, once."""
+    try:
+        return await handler(request)
+    except EngineError as exc:
+        if exc.status >= 500:
+            log.warning("%s %s: %s (%s)", request.method, request.path, exc.message, exc.type)
+        return _error_response(exc.status, exc.message, exc.type, exc.retry_after)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        response = _error_response(
+            exc.status, exc.reason, _HTTP_TYPES.get(exc.status, "http_error")
+        )
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except ConnectionResetError:
+        # The client left before we answered: nobody to tell, nothing to log.
+        return web.Response(status=499)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return _error_response(500, "internal error", "engine_error")
+
+
+async def read_json(request: web.Request, type: type[T]) -> T:
+    """Read and validate a JSON body: 415 wrong type, 413 too large, 400 malformed, 422 invalid."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType(
+            f"expected Content-Type application/json, got {request.content_type or 'none'}"
+        )
+    limit = request.app[ENGINE].config.max_body_size
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    body = bytearray()
+    async for data in request.content.iter_any():
+        body += data
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    try:
+        return msgspec.json.decode(body, type=type)
+    # ValidationError subclasses DecodeError: catch it first.
+    except msgspec.ValidationError as exc:
+        raise InvalidFields(str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from exc
+
+
+def chat_request_from_query(request: web.Request) -> ChatRequest:
+    """Build a ChatRequest from ``GET /v1/chat/stream``'s query string, typed and validated."""
+    query = request.query
+    text = query.get("q")
+    if not text:
+        raise InvalidFields("query parameter `q` (the user's message) is required")
+    raw_options = {k: v for k, v in query.items() if k not in _QUERY_FIELDS}
+    try:
+        # strict=False lets "40" become 40: query values are always strings.
+        options = msgspec.convert(raw_options, Options, strict=False)
+    except msgspec.ValidationError as exc:
+        raise InvalidFields(f"invalid option: {exc}") from exc
+    session = None
+    if "parent" in query or "parent_id" in query:
+        try:
+            session = msgspec.convert(
+                {"parent": query.get("parent", ""), "id": query.get("parent_id", "")}, SessionRef
+            )
+        except msgspec.ValidationError as exc:
+            raise InvalidFields(f"invalid session: {exc}") from exc
+    return ChatRequest(
+        messages=[Message(role="user", content=text)],
+        provider=query.get("provider") or None,
+        model=query.get("model") or None,
+        options=options,
+        session=session,
+    )
+
+
+# -- conversation memory around a chat ------------------------------------------
+
+
+class _Memory:
+    """The memory side of one chat request: history in, messages out."""
+
+    __slots__ = ("conversation", "max_history", "new")
+
+    def __init__(self, conversation: Any, new: list[Message], max_history: int | None) -> None:
+        self.conversation = conversation
+        self.new = new
+        self.max_history = max_history
+
+    @classmethod
+    async def attach(cls, engine: Engine, body: ChatRequest) -> _Memory | None:
+        if body.session is None:
+            return None
+        store = await engine.open_memory()
+        conversation = store.for_parent(body.session.parent, body.session.id)
+        return cls(conversation, body.messages, body.options.max_history)
+
+    async def upstream_messages(self) -> list[Message]:
+        """The stored history (trimmed by ``max_history``), then the new messages."""
+        limit = self.max_history
+        history = [] if limit == 0 else await self.conversation.get_messages(limit=limit)
+        # Only text goes upstream: image and audio entries are kept, not sent.
+        past = [Message(role=m.role, content=m.content) for m in history if m.type == "text"]
+        return past + self.new
+
+    async def store_request(self) -> None:
+        for message in self.new:
+            await self.conversation.add_message(message.role, message.content)
+
+    async def store_reply(self, text: str, metadata: dict[str, Any] | None = None) -> None:
+        await self.conversation.add_message("assistant", text, metadata=metadata or {})
+
+
+async def _attach_memory(engine: Engine, body: ChatRequest) -> tuple[_Memory | None, list[Message]]:
+    memory = await _Memory.attach(engine, body)
+    if memory is None:
+        return None, body.messages
+    return memory, await memory.upstream_messages()
+
+
+# -- handlers ------------------------------------------------------------------
+
+
+async def chat_stream_post(request: web.Request) -> web.StreamResponse:
+    return await _stream_chat(request, await read_json(request, ChatRequest))
+
+
+async def chat_stream_get(request: web.Request) -> web.StreamResponse:
+    return await _stream_chat(request, chat_request_from_query(request))
+
+
+async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    provider = engine.provider(body.provider)
+    memory, messages = await _attach_memory(engine, body)
+    # Returns once the upstream accepted: a refusal is still a JSON error.
+    chunks = await provider.open(messages, model=body.model, options=body.options)
+    sid = uuid.uuid4().hex
+    stream = engine.sse(request)
+    seen: list[str] = []  # what the client was sent, for memory
+    try:
+        async with chunks:
+            if memory is not None:
+                await memory.store_request()
+            async with stream:
+                await stream.send_frame(
+                    encode_json(
+                        StartEvent(stream_id=sid, provider=provider.name, model=chunks.model),
+                        event="start",
+                        id=f"{sid}:0",
+                    )
+                )
+                n = 0
+                finish_reason = None
+                usage = None
+                async for chunk in chunks:
+                    n += 1
+                    await stream.send_frame(encode_json(chunk, id=f"{sid}:{n}"))
+                    if memory is not None:
+                        seen.append(chunk.content)
+                    if chunk.finish_reason is not None:
+                        finish_reason = chunk.finish_reason
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                if memory is not None:
+                    # Stored before `done`, so `done` means the reply is saved.
+                    await memory.store_reply("".join(seen), {"stream_id": sid})
+                    memory = None
+                await stream.end(
+                    DoneEvent(finish_reason=finish_reason, usage=usage), id=f"{sid}:{n + 1}"
+                )
+    finally:
+        # `memory` is None once the whole reply was stored.
+        if memory is not None and seen:
+            await _store_partial(memory, seen, sid, stream.end_reason)
+    return stream.response or web.Response(status=499)
+
+
+async def _store_partial(memory: _Memory, seen: list[str], sid: str, reason: str) -> None:
+    """Keep what the user saw of a reply that did not finish (USERS-ASK 5)."""
+    try:
+        await memory.store_reply(
+            "".join(seen), {"partial": True, "reason": reason, "stream_id": sid}
+        )
+    except StoreUnavailable:
+        log.warning("could not store the partial reply of stream %s", sid)
+
+
+async def chat_send(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    body = await read_json(request, ChatRequest)
+    provider = engine.provider(body.provider)
+    memory, messages = await _attach_memory(engine, body)
+    reply = await provider.send(messages, model=body.model, options=body.options)
+    if memory is not None:
+        await memory.store_request()
+        await memory.store_reply(reply.content)
+    return json_response(reply)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    return json_response({"status": "ok", "streams": len(engine.supervisor)})
+
+
+# -- memory endpoints ----------------------------------------------------------
+
+
+class NewMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/memory/{parent}/{id}/messages``."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+    type: Literal["text", "image", "audio"] = "text"
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    message_id: str | None = None
+
+
+async def _conversation(request: web.Request) -> Any:
+    store = await request.app[ENGINE].open_memory()
+    return store.for_parent(request.match_info["parent"], request.match_info["id"])
+
+
+async def memory_get(request: web.Request) -> web.Response:
+    limit = request.query.get("limit")
+    try:
+        n = None if limit is None else int(limit)
+    except ValueError:
+        n = -1
+    if n is not None and n < 0:
+        raise InvalidFields("`limit` must be a non-negative integer")
+    conversation = await _conversation(request)
+    messages = await conversation.get_messages(limit=n)
+    return json_response(
+        {
+            "parent": request.match_info["parent"],
+            "id": request.match_info["id"],
+            "messages": messages,
+        }
+    )
+
+
+async def memory_post(request: web.Request) -> web.Response:
+    body = await read_json(request, NewMessage)
+    conversation = await _conversation(request)
+    stored = await conversation.add_message(
+        body.role, body.content, type=body.type, metadata=body.metadata, message_id=body.message_id
+    )
+    return json_response(stored, status=201)
+
+
+async def memory_delete(request: web.Request) -> web.Response:
+    conversation = await _conversation(request)
+    removed = await conversation.clear()
+    return json_response({"deleted": removed})
+
+
+# -- the application -----------------------------------------------------------
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    engine = app[ENGINE]
+    try:
+        # Open (and create the schema of) the store at start-up; a store that is
+        # down is not fatal: memory requests retry and answer 503 meanwhile.
+        await engine.open_memory()
+    except StoreUnavailable as exc:
+        log.warning("memory store unavailable at start-up: %s", exc.message)
+    yield
+    await engine.aclose()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    await app[ENGINE].shutdown()
+
+
+def create_app(config: Config | None = None, *, engine: Engine | None = None) -> web.Application:
+    """The gateway as an ``aiohttp.web.Application``.
+
+    Run it with ``web.run_app``, or mount it into another app with
+    ``parent.add_subapp("/llm", create_app(config))``: its start-up, shutdown
+    and clean-up run with the parent's.
+    """
+    if engine is None:
+        engine = Engine(config)
+    app = web.Application(middlewares=[error_middleware])
+    app[ENGINE] = engine
+    app.cleanup_ctx.append(_lifetime)
+    app.on_shutdown.append(_on_shutdown)
+    app.router.add_post("/v1/chat/stream", chat_stream_post)
+    app.router.add_get("/v1/chat/stream", chat_stream_get)
+    app.router.add_post("/v1/chat", chat_send)
+    app.router.add_get("/v1/memory/{parent}/{id}", memory_get)
+    app.router.add_post("/v1/memory/{parent}/{id}/messages", memory_post)
+    app.router.add_delete("/v1/memory/{parent}/{id}", memory_delete)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,126 @@
+"""The ``sse-engine`` command (also ``python -m engine``).
+
+``sse-engine serve`` runs the gateway until SIGINT or SIGTERM, then shuts down
+gracefully: the listening socket closes at once (new requests are refused), open
+streams get ``--shutdown-grace`` seconds to finish, the rest receive a final
+``error`` event of type ``shutdown``, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+
+from . import __version__
+from .app import create_app
+from .config import Config
+from .errors import EngineError
+
+__all__ = ["main"]
+
+log = logging.getLogger("engine")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sse-engine", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"sse-engine {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the streaming gateway")
+    # Defaults are None so that only flags actually given override the config.
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8080)")
+    serve.add_argument("--provider", help="default provider: mock, openai, anthropic, gemini")
+    serve.add_argument("--config", help="a TOML file with any of the settings")
+    serve.add_argument("--heartbeat", type=float, help="seconds of silence before a keep-alive")
+    serve.add_argument("--send-timeout", type=float, help="seconds a write may wait for a client")
+    serve.add_argument("--shutdown-grace", type=float, help="seconds open streams get on stop")
+    serve.add_argument("--max-body-size", type=int, help="largest request body in bytes")
+    serve.add_argument("--memory", dest="memory_url", help="memory store URL (sqlite:///path, ...)")
+    serve.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="default info"
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    return parser
+
+
+def _use_uvloop() -> str:
+    """Run on uvloop when it is installed (the ``uvloop`` extra); say which loop runs."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+async def serve(config: Config, *, access_log: bool = False, loop_name: str = "asyncio") -> None:
+    """Run the gateway until SIGINT/SIGTERM, then shut down gracefully."""
+    app = create_app(config)
+    # handler_cancellation: a client that disconnects cancels its handler at
+    # once, which stops the upstream request too (USERS-ASK 1).
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        handler_cancellation=True,
+        access_log=log if access_log else None,
+        shutdown_timeout=config.shutdown_grace + 5,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=4096)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    url = f"http://{config.host}:{config.port}"
+    print(f"sse-engine {__version__} on {url} (provider {config.provider}, {loop_name} loop)")
+    print(
+        f"try: curl -N -X POST {url}/v1/chat/stream -H 'content-type: application/json' "
+        """-d '{"messages":[{"role":"user","content":"hi"}]}'""",
+        flush=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        # Stops listening, runs on_shutdown (the grace period), then closes.
+        await runner.cleanup()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = Config.load(
+            args.config,
+            host=args.host,
+            port=args.port,
+            provider=args.provider,
+            heartbeat=args.heartbeat,
+            send_timeout=args.send_timeout,
+            shutdown_grace=args.shutdown_grace,
+            max_body_size=args.max_body_size,
+            memory_url=args.memory_url,
+            log_level=args.log_level,
+        )
+        from .providers import resolve
+
+        resolve(config.provider)
+    except EngineError as exc:
+        print(f"sse-engine: {exc.message}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    loop_name = _use_uvloop()
+    try:
+        asyncio.run(serve(config, access_log=args.access_log, loop_name=loop_name))
+    except OSError as exc:
+        print(f"sse-engine: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,149 @@
+"""The :class:`Engine` facade: the seed's ``Engine`` in asyncio form.
+
+One object owns what must be shared and closed: the HTTP session every provider
+reads through, the providers themselves, the stream supervisor and the memory
+store. Library users hold one for the life of their program::
+
+    async with Engine(Config.load()) as engine:
+        async for chunk in engine.provider("anthropic").stream(messages):
+            ...
+
+and ``create_app()`` holds one per application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config
+from .providers import Provider, create_provider, resolve
+from .stream import EventStream, StreamSupervisor
+
+if TYPE_CHECKING:
+    from .memory import MemoryStore
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Providers, streams and memory, configured once.
+
+    ``session`` may be passed to share an existing ``aiohttp.ClientSession``
+    (it is then not closed here); otherwise one is created on first use.
+    """
+
+    def __init__(
+        self, config: Config | None = None, *, session: aiohttp.ClientSession | None = None
+    ) -> None:
+        self.config = config if config is not None else Config.load()
+        self._session = session
+        self._own_session = session is None
+        self._providers: dict[str, Provider] = {}
+        self._store: MemoryStore | None = None
+        self._store_lock: asyncio.Lock | None = None
+        self.supervisor = StreamSupervisor(self.config.heartbeat)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Engine:
+        """An engine configured from the environment (and ``overrides``)."""
+        return cls(Config.load(**overrides))
+
+    # -- providers -------------------------------------------------------------
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The one HTTP session all providers share (created on first use)."""
+        if self._session is None:
+            # No connection limit: a gateway relays as many streams as clients
+            # open; aiohttp's default of 100 would queue the 101st silently.
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=None)
+            )
+        return self._session
+
+    def provider(self, name: str | None = None) -> Provider:
+        """The provider ``name`` (the configured default when ``None``).
+
+        Raises :class:`~engine.errors.UnknownProvider` for a name it does not know.
+        """
+        canonical = resolve(name or self.config.provider)
+        provider = self._providers.get(canonical)
+        if provider is None:
+            provider = create_provider(canonical, self.config, session=self.session)
+            self._providers[canonical] = provider
+        return provider
+
+    # -- streams ---------------------------------------------------------------
+
+    def sse(self, request: web.BaseRequest, **headers: str) -> EventStream:
+        """An :class:`EventStream` answering ``request`` with this engine's heartbeat and limits."""
+        return EventStream(
+            request,
+            supervisor=self.supervisor,
+            send_timeout=self.config.send_timeout,
+            retry_ms=self.config.retry_ms,
+            headers=headers or None,
+        )
+
+    # -- memory ----------------------------------------------------------------
+
+    async def open_memory(self) -> MemoryStore:
+        """Open the memory store named by ``config.memory_url`` (once)."""
+        if self._store is None:
+            if self._store_lock is None:
+                self._store_lock = asyncio.Lock()
+            async with self._store_lock:
+                if self._store is None:
+                    from .memory import open_store
+
+                    self._store = await open_store(
+                        self.config.memory_url, ttl=self.config.memory_ttl
+                    )
+        return self._store
+
+    def memory(self) -> MemoryStore:
+        """The conversation store; ``store.for_parent("ChatSession", "42")`` scopes it.
+
+        Raises ``RuntimeError`` before :meth:`open_memory` (``create_app`` and
+        ``async with Engine()`` call it).
+        """
+        if self._store is None:
+            raise RuntimeError("memory is not open: use `async with Engine()` or open_memory()")
+        return self._store
+
+    # -- lifetime --------------------------------------------------------------
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Let open streams finish for ``grace`` seconds, then end them with a shutdown error."""
+        await self.supervisor.shutdown(self.config.shutdown_grace if grace is None else grace)
+
+    async def aclose(self) -> None:
+        """Close providers, the supervisor, the store and (if ours) the HTTP session."""
+        await self.supervisor.aclose()
+        providers, self._providers = list(self._providers.values()), {}
+        for provider in providers:
+            await provider.aclose()
+        if self._store is not None:
+            store, self._store = self._store, None
+            await store.aclose()
+        if self._session is not None and self._own_session:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> Engine:
+        await self.open_memory()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

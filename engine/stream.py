@@ -1,0 +1,406 @@
+"""The response side of a stream: :class:`EventStream`, and the one task that watches them all.
+
+Flow, for one stream::
+
+    handler task ──send()──▶ EventStream ──write()──▶ aiohttp StreamWriter ──▶ socket
+         ▲                        │
+         │ cancel                 │ registered with
+         │                        ▼
+    StreamSupervisor (one task per app, ticking): for every open stream,
+      * client gone (transport closed)  -> cancel the handler task at once
+      * silent for ``heartbeat`` seconds -> write ``: keepalive``
+      * server stopping                 -> after the grace period, cancel; the
+                                           stream sends ``event: error`` (shutdown)
+
+Why one supervisor rather than a timer per stream: ten thousand idle streams
+then cost ten thousand small objects and one timer, not ten thousand timers and
+tasks; a tick walks the set and does nothing for a stream that is not due.
+
+Back-pressure: every write goes through the transport; when the transport's
+buffer is above its high-water mark (a slow reader), the write waits for it to
+drain, at most ``send_timeout`` seconds. A reader that stays stuck longer is
+treated as gone: the connection is aborted and the producer stops, instead of
+the gateway buffering without bound (USERS-ASK 8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_writer import StreamWriter
+
+from .errors import ClientDisconnectedError, EngineError, ShuttingDown
+from .sse import encode, encode_comment, encode_json, encode_retry
+
+__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_SEND_TIMEOUT", "EventStream", "StreamSupervisor"]
+
+log = logging.getLogger("engine.stream")
+
+#: Seconds of silence before a keep-alive comment. Proxies and load balancers
+#: commonly cut idle connections at 60 s (nginx ``proxy_read_timeout``, AWS ALB).
+DEFAULT_HEARTBEAT = 15.0
+#: Seconds a write may wait for a slow reader (sse-starlette has no such limit: #89).
+DEFAULT_SEND_TIMEOUT = 30.0
+
+SSE_HEADERS: Mapping[str, str] = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    # nginx buffers proxied responses unless told not to.
+    "X-Accel-Buffering": "no",
+}
+
+_KEEPALIVE = encode_comment("keepalive")
+_DONE = {"type": "done"}
+
+
+class StreamSupervisor:
+    """Heartbeats, disconnect detection and shutdown for every open stream of an app.
+
+    One task, started with the first stream, ticks every ``tick`` seconds
+    (default: the smaller of 1 s and half the heartbeat).
+    """
+
+    def __init__(self, heartbeat: float = DEFAULT_HEARTBEAT, *, tick: float | None = None) -> None:
+        self.heartbeat = heartbeat
+        self.tick = tick if tick is not None else min(1.0, heartbeat / 2)
+        self._streams: set[EventStream] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._empty = asyncio.Event()
+        self._empty.set()
+        self._stopping = False
+        # Heartbeat writes run as tasks; keep them referenced until they finish.
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._streams)
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`shutdown` has begun: new streams are refused."""
+        return self._stopping
+
+    def register(self, stream: EventStream) -> None:
+        if self._stopping:
+            raise ShuttingDown("the server is shutting down")
+        self._streams.add(stream)
+        self._empty.clear()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def unregister(self, stream: EventStream) -> None:
+        self._streams.discard(stream)
+        if not self._streams:
+            self._empty.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._streams:
+            await asyncio.sleep(self.tick)
+            due = loop.time() - self.heartbeat
+            for stream in list(self._streams):
+                stream._check(due, self)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def shutdown(self, grace: float) -> None:
+        """Refuse new streams, give open ones ``grace`` seconds, then end them.
+
+        Streams still open after the grace period get an ``error`` event of type
+        ``shutdown`` and are closed; this returns when all of them are gone (or
+        after a further bounded wait for handlers that ignore cancellation).
+        """
+        self._stopping = True
+        if self._streams:
+            log.info("waiting up to %.1f s for %d open stream(s)", grace, len(self._streams))
+            try:
+                async with asyncio.timeout(grace):
+                    await self._empty.wait()
+            except TimeoutError:
+                for stream in list(self._streams):
+                    stream._interrupt("shutdown")
+                try:
+                    async with asyncio.timeout(5):
+                        await self._empty.wait()
+                except TimeoutError:
+                    log.warning("%d stream(s) did not stop", len(self._streams))
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the ticking task and any heartbeat writes in flight."""
+        tasks = [t for t in (self._task, *self._pending) if t is not None and not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._task = None
+
+
+class EventStream:
+    """One ``text/event-stream`` response (the seed's ``Engine::sse()``).
+
+    Use it as ``async with engine.sse(request) as stream:``; inside, ``send()``
+    events. On the way out an exception becomes an ``error`` event, a client
+    that left ends the stream quietly, and the response is always finished.
+
+    ``send()`` and friends raise :class:`~engine.errors.ClientDisconnectedError`
+    when the client is gone or stopped reading for ``send_timeout`` seconds.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_busy",
+        "_closed",
+        "_ended",
+        "_headers",
+        "_high_water",
+        "_interrupted",
+        "_last_write",
+        "_owner",
+        "_request",
+        "_response",
+        "_retry_ms",
+        "_supervisor",
+        "_transport",
+        "_writer",
+        "send_timeout",
+    )
+
+    def __init__(
+        self,
+        request: web.BaseRequest,
+        *,
+        supervisor: StreamSupervisor | None = None,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
+        retry_ms: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._request = request
+        self._supervisor = supervisor
+        self.send_timeout = send_timeout
+        self._retry_ms = retry_ms
+        self._headers = headers
+        self._response: web.StreamResponse | None = None
+        self._writer: StreamWriter | None = None
+        self._transport: asyncio.Transport | None = None
+        self._high_water = 0
+        self._owner: weakref.ref[asyncio.Task[Any]] | None = None
+        self._busy = False
+        self._closed = False
+        self._ended = False
+        self._interrupted: str | None = None  # why the supervisor cancelled the owner
+        self._last_write = 0.0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def prepared(self) -> bool:
+        """True once the response headers went out."""
+        return self._response is not None
+
+    @property
+    def closed(self) -> bool:
+        """True once the stream ended, failed, or its client left."""
+        return self._closed
+
+    @property
+    def response(self) -> web.StreamResponse | None:
+        return self._response
+
+    @property
+    def end_reason(self) -> str:
+        """Why the stream stopped early: ``client_disconnected``, ``shutdown`` or ``error``."""
+        transport = self._request.transport
+        if self._interrupted == "disconnect" or transport is None or transport.is_closing():
+            return "client_disconnected"
+        if self._interrupted == "shutdown":
+            return "shutdown"
+        return "error"
+
+    async def prepare(self) -> EventStream:
+        """Send the response headers (and ``retry:``) and start heartbeats. Idempotent."""
+        if self._response is not None:
+            return self
+        if self._supervisor is not None and self._supervisor.stopping:
+            raise ShuttingDown("the server is shutting down")
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        if self._headers:
+            response.headers.update(self._headers)
+        writer = await response.prepare(self._request)
+        transport = self._request.transport
+        if not isinstance(writer, StreamWriter) or transport is None:
+            self._closed = True
+            raise ClientDisconnectedError("the client left before the stream started")
+        self._response = response
+        self._writer = writer
+        self._transport = transport
+        self._high_water = transport.get_write_buffer_limits()[1]
+        self._last_write = asyncio.get_running_loop().time()
+        task = asyncio.current_task()
+        self._owner = weakref.ref(task) if task is not None else None
+        if self._supervisor is not None:
+            self._supervisor.register(self)
+        if self._retry_ms is not None:
+            await self._write(encode_retry(self._retry_ms))
+        return self
+
+    async def __aenter__(self) -> EventStream:
+        return await self.prepare()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            if exc is None:
+                await self.end()
+                return False
+            if isinstance(exc, asyncio.CancelledError) and self._interrupted is not None:
+                task = asyncio.current_task()
+                # Swallow only the cancellation we asked for; one from elsewhere
+                # (the server cancelling the handler) must propagate.
+                if task is not None and task.uncancel() == 0:
+                    if self._interrupted == "shutdown":
+                        await self._final_error(ShuttingDown("the server is shutting down"))
+                    return True
+                return False
+            if isinstance(exc, ClientDisconnectedError | ConnectionResetError):
+                log.debug("client left stream: %s", exc)
+                return True
+            if isinstance(exc, EngineError):
+                await self._final_error(exc)
+                return True
+            if isinstance(exc, Exception):
+                log.exception("stream failed", exc_info=exc)
+                await self._final_error(EngineError("internal error"))
+                return True
+            return False
+        finally:
+            self._close()
+
+    async def _final_error(self, exc: EngineError) -> None:
+        try:
+            await self.send_error(exc.message, code=exc.status, type=exc.type)
+        except ConnectionResetError:
+            pass
+
+    def _close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.unregister(self)
+        self._closed = True
+
+    # -- writing ---------------------------------------------------------------
+
+    async def _write(self, frame: bytes) -> None:
+        if self._closed:
+            raise ClientDisconnectedError("the stream is closed")
+        writer = self._writer
+        transport = self._transport
+        if writer is None or transport is None:
+            raise RuntimeError("EventStream.prepare() was not called")
+        if transport.is_closing():
+            self._closed = True
+            raise ClientDisconnectedError("the client closed the connection")
+        self._busy = True
+        try:
+            # drain=False: aiohttp would otherwise wait for a drain on its own,
+            # with no time limit; the wait below is the bounded one.
+            await writer.write(frame, drain=False)
+            if transport.get_write_buffer_size() > self._high_water:
+                async with asyncio.timeout(self.send_timeout):
+                    await writer.drain()
+        except TimeoutError:
+            self._closed = True
+            transport.abort()
+            raise ClientDisconnectedError(
+                f"the client read nothing for {self.send_timeout:g} s; connection dropped"
+            ) from None
+        except ConnectionResetError as exc:
+            self._closed = True
+            raise ClientDisconnectedError(str(exc) or "the client closed the connection") from exc
+        finally:
+            self._busy = False
+        self._last_write = asyncio.get_running_loop().time()
+
+    async def send(self, data: Any, event: str | None = None, id: str | None = None) -> None:
+        """Send one event. ``str`` data goes as text; anything else as JSON (Structs, dicts)."""
+        if isinstance(data, str):
+            await self._write(encode(data, event=event, id=id))
+        else:
+            await self._write(encode_json(data, event=event, id=id))
+
+    async def send_frame(self, frame: bytes) -> None:
+        """Send bytes already framed by :mod:`engine.sse` (the hot path: no re-encoding)."""
+        await self._write(frame)
+
+    async def send_error(
+        self, message: str, code: int = 500, *, type: str = "error", id: str | None = None
+    ) -> None:
+        """Send an ``error`` event: ``{"error": true, "message", "code", "type"}``."""
+        payload = {"error": True, "message": message, "code": code, "type": type}
+        await self._write(encode_json(payload, event="error", id=id))
+
+    async def comment(self, text: str = "keepalive") -> None:
+        """Send a comment line; clients ignore it, proxies see the connection is alive."""
+        await self._write(encode_comment(text))
+
+    async def retry(self, ms: int) -> None:
+        """Tell the client how many milliseconds to wait before reconnecting."""
+        await self._write(encode_retry(ms))
+
+    async def end(self, data: Any = None, *, id: str | None = None) -> None:
+        """Send the ``done`` event (once) and finish the response.
+
+        ``data`` defaults to ``{"type": "done"}``; the chat endpoints pass a
+        :class:`~engine.wire.DoneEvent` with finish_reason and usage.
+        """
+        if self._ended or self._response is None:
+            return
+        self._ended = True
+        try:
+            if not self._closed:
+                await self._write(encode_json(_DONE if data is None else data, event="done", id=id))
+                await self._response.write_eof()
+        except ConnectionResetError:
+            pass
+        finally:
+            self._close()
+
+    # -- supervisor hooks --------------------------------------------------------
+
+    def _check(self, due: float, supervisor: StreamSupervisor) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing() or self._request.transport is None:
+            self._interrupt("disconnect")
+        elif self._last_write <= due and not self._busy and not self._closed:
+            self._last_write = due + supervisor.heartbeat  # no second heartbeat in flight
+            supervisor._spawn(self._heartbeat())
+
+    async def _heartbeat(self) -> None:
+        try:
+            await self._write(_KEEPALIVE)
+        except ConnectionResetError:
+            self._interrupt("disconnect")
+
+    def _interrupt(self, reason: str) -> None:
+        """Stop the task producing this stream (client gone, or server stopping)."""
+        if self._interrupted is not None or self._owner is None:
+            return
+        task = self._owner()
+        if task is None or task.done():
+            return
+        self._interrupted = reason
+        if reason == "disconnect":
+            self._closed = True
+            log.debug("client disconnected; stopping its producer")
+        task.cancel()
