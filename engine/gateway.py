@@ -72,12 +72,23 @@ class Engine:
 
         Raises :class:`~engine.errors.UnknownProvider` for a name it does not know.
         """
-        canonical = resolve(name or self.config.provider)
+        name = name or self.config.provider
+        provider = self._providers.get(name)
+        if provider is not None:
+            return provider
+        canonical = resolve(name)
         provider = self._providers.get(canonical)
         if provider is None:
             provider = create_provider(canonical, self.config, session=self.session)
             self._providers[canonical] = provider
         return provider
+
+    def add_provider(self, provider: Provider, name: str | None = None) -> None:
+        """Serve ``provider`` under ``name`` (default: its own name), e.g. a custom adapter.
+
+        It then answers requests naming it, ahead of the built-in registry.
+        """
+        self._providers[name or provider.name] = provider
 
     # -- streams ---------------------------------------------------------------
 

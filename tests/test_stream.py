@@ -1,0 +1,255 @@
+"""EventStream behaviour on a real loopback server: heartbeats, disconnects, slow readers, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from engine import create_app
+from engine.app import ENGINE
+from engine.errors import UpstreamUnavailable
+from engine.gateway import Engine
+from engine.sse import Decoder
+
+from .helpers import ScriptedProvider, make_config, read_events
+
+BODY = {"messages": [{"role": "user", "content": "hi"}], "provider": "scripted"}
+
+
+def app_with(provider: ScriptedProvider, **config) -> web.Application:
+    engine = Engine(make_config(**config))
+    engine.add_provider(provider)
+    return create_app(engine=engine)
+
+
+async def test_heartbeat_covers_the_silence_before_the_first_token(aiohttp_client):
+    gate = asyncio.Event()
+    provider = ScriptedProvider(["first"], gate=gate)
+    client = await aiohttp_client(app_with(provider, heartbeat=0.05))
+    async with client.post("/v1/chat/stream", json=BODY) as resp:
+        assert resp.status == 200
+        raw = b""
+        # The provider has sent nothing yet: only keep-alive comments can arrive.
+        while raw.count(b": keepalive\n\n") < 2:
+            raw += await resp.content.readany()
+        assert b"data:" in raw  # the start event went out with the headers
+        assert b'"content"' not in raw
+        gate.set()
+        raw += await resp.read()
+    events = Decoder().feed(raw)
+    assert [e.event for e in events] == ["start", "message", "done"]
+
+
+async def test_no_heartbeat_while_events_flow(aiohttp_client):
+    client = await aiohttp_client(create_app(make_config(heartbeat=5.0)))
+    body = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "options": {"max_tokens": 20, "interval_ms": 1},
+    }
+    async with client.post("/v1/chat/stream", json=body) as resp:
+        raw = await resp.read()
+    assert b"keepalive" not in raw
+
+
+@pytest.mark.parametrize("handler_cancellation", [False, True])
+async def test_client_disconnect_stops_the_producer(aiohttp_client, caplog, handler_cancellation):
+    """Whether or not aiohttp cancels handlers itself, the producer stops within a second."""
+    gate = asyncio.Event()
+    provider = ScriptedProvider(["one", "two", "three"], gate=gate)
+    app = app_with(provider, heartbeat=0.2)
+    client = await aiohttp_client(app, server_kwargs={"handler_cancellation": handler_cancellation})
+    caplog.set_level(logging.DEBUG)
+    resp = await client.post("/v1/chat/stream", json=BODY)
+    assert resp.status == 200
+    await resp.content.readuntil(b"\n\n")  # retry
+    await provider.started.wait()
+    resp.close()  # the client goes away while the upstream is silent
+    await asyncio.wait_for(provider.closed.wait(), 1.5)
+    assert provider.sent == 0
+    # Nothing was left registered, and nothing was logged as an error.
+    async with asyncio.timeout(1):
+        while len(app[ENGINE].supervisor):
+            await asyncio.sleep(0.01)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_upstream_error_mid_stream_becomes_an_error_event(aiohttp_client):
+    provider = ScriptedProvider(
+        ["a", "b", "c"],
+        fail_after=2,
+        error=UpstreamUnavailable("Overloaded", upstream_type="overloaded_error"),
+    )
+    client = await aiohttp_client(app_with(provider))
+    async with client.post("/v1/chat/stream", json=BODY) as resp:
+        assert resp.status == 200
+        events = await read_events(resp)
+    assert [e.event for e in events] == ["start", "message", "message", "error"]
+    assert json.loads(events[-1].data) == {
+        "error": True,
+        "message": "Overloaded",
+        "code": 503,
+        "type": "upstream_unavailable",
+    }
+    assert provider.closed.is_set()
+
+
+async def test_a_bug_mid_stream_is_an_error_event_not_a_traceback_to_the_client(
+    aiohttp_client, caplog
+):
+    provider = ScriptedProvider(["a", "b"], fail_after=1, error=ZeroDivisionError("boom"))
+    client = await aiohttp_client(app_with(provider))
+    async with client.post("/v1/chat/stream", json=BODY) as resp:
+        events = await read_events(resp)
+    assert events[-1].event == "error"
+    data = json.loads(events[-1].data)
+    assert data["code"] == 500 and data["type"] == "engine_error"
+    assert "boom" not in data["message"]
+    # ...but the server's log has it, for whoever runs the gateway.
+    assert any(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in caplog.records)
+
+
+async def test_event_stream_api_in_a_user_handler(aiohttp_client):
+    engine = Engine(make_config())
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        async with engine.sse(request) as stream:
+            await stream.send("two\nlines", event="note", id="7")
+            await stream.send({"n": 1})
+            await stream.comment("still here")
+            await stream.retry(1500)
+            await stream.end()
+            await stream.end()  # only one done event
+        return stream.response
+
+    app = web.Application()
+    app.router.add_get("/sse", handler)
+
+    async def close(app: web.Application) -> None:
+        await engine.aclose()
+
+    app.on_cleanup.append(close)
+    client = await aiohttp_client(app)
+    async with client.get("/sse") as resp:
+        raw = await resp.read()
+    assert b": still here\n\n" in raw
+    decoder = Decoder()
+    events = decoder.feed(raw)
+    assert [(e.event, e.data, e.id) for e in events] == [
+        ("note", "two\nlines", "7"),
+        ("message", '{"n":1}', "7"),
+        ("done", '{"type":"done"}', "7"),
+    ]
+    assert decoder.retry == 1500
+
+
+async def test_exception_in_user_handler_becomes_error_event(aiohttp_client):
+    engine = Engine(make_config())
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        async with engine.sse(request) as stream:
+            await stream.send("hello")
+            raise UpstreamUnavailable("try later")
+        return stream.response
+
+    app = web.Application()
+    app.router.add_get("/sse", handler)
+    client = await aiohttp_client(app)
+    async with client.get("/sse") as resp:
+        events = await read_events(resp)
+    await engine.aclose()
+    assert [e.event for e in events] == ["message", "error"]
+    assert json.loads(events[1].data)["type"] == "upstream_unavailable"
+
+
+async def test_a_reader_that_stops_reading_is_dropped_after_the_send_timeout(aiohttp_server):
+    """A frozen client must not make the gateway buffer without bound (USERS-ASK 8)."""
+    app = create_app(make_config(send_timeout=0.3, heartbeat=0.2))
+    server = await aiohttp_server(app)
+    engine = app[ENGINE]
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (server.host, server.port))
+    try:
+        # 2000 chunks of 4 KiB, as fast as possible; the client never reads.
+        body = json.dumps(
+            {
+                "messages": [{"role": "user", "content": "hi"}],
+                "options": {"max_tokens": 2000, "token_size": 4096, "interval_ms": 0},
+            }
+        ).encode()
+        request = (
+            b"POST /v1/chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        ) + body
+        await loop.sock_sendall(sock, request)
+        async with asyncio.timeout(5):
+            while not len(engine.supervisor):
+                await asyncio.sleep(0.01)
+            # The stream is dropped and unregistered although nobody read it.
+            while len(engine.supervisor):
+                await asyncio.sleep(0.02)
+        # The server aborted the connection: reading drains what was buffered, then ends.
+        received = 0
+        async with asyncio.timeout(5):
+            while True:
+                try:
+                    data = await loop.sock_recv(sock, 65536)
+                except ConnectionResetError:
+                    break
+                if not data:
+                    break
+                received += len(data)
+        assert received < 2000 * 4096 / 2  # far less than the whole reply was ever sent
+    finally:
+        sock.close()
+
+
+async def test_shutdown_sends_a_farewell_after_the_grace_period():
+    gate = asyncio.Event()
+    provider = ScriptedProvider(["a", "b"], gate=gate)
+    app = app_with(provider, shutdown_grace=0.2, heartbeat=0.1)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{port}/v1/chat/stream", json=BODY) as resp:
+            assert resp.status == 200
+            await provider.started.wait()
+            cleanup = asyncio.create_task(runner.cleanup())
+            events = await read_events(resp)
+        await cleanup
+    assert [e.event for e in events] == ["start", "error"]
+    assert json.loads(events[-1].data)["type"] == "shutdown"
+    assert provider.closed.is_set()
+
+
+async def test_shutdown_lets_streams_that_finish_in_time_finish():
+    gate = asyncio.Event()
+    provider = ScriptedProvider(["a", "b"], gate=gate)
+    app = app_with(provider, shutdown_grace=5)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"http://127.0.0.1:{port}/v1/chat/stream", json=BODY) as resp:
+            await provider.started.wait()
+            cleanup = asyncio.create_task(runner.cleanup())
+            await asyncio.sleep(0)
+            gate.set()
+            events = await read_events(resp)
+        await cleanup
+    assert [e.event for e in events] == ["start", "message", "message", "done"]
