@@ -106,6 +106,10 @@ class StreamSupervisor:
             for stream in list(self._streams):
                 stream._check(due, self)
 
+    async def wait_empty(self) -> None:
+        """Return when no stream is open (at once if none is)."""
+        await self._empty.wait()
+
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._pending.add(task)
