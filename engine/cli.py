@@ -78,7 +78,8 @@ async def serve(config: Config, *, access_log: bool = False, loop_name: str = "a
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    url = f"http://{config.host}:{config.port}"
+    host, port = runner.addresses[0][:2]  # the real port when --port 0
+    url = f"http://{host}:{port}"
     print(f"sse-engine {__version__} on {url} (provider {config.provider}, {loop_name} loop)")
     print(
         f"try: curl -N -X POST {url}/v1/chat/stream -H 'content-type: application/json' "
