@@ -18,6 +18,9 @@ __all__ = ["PROVIDERS", "ChunkStream", "Provider", "collect", "create_provider",
 #: Canonical provider name -> "module:Class" (relative to this package).
 PROVIDERS: dict[str, str] = {
     "mock": "mock:MockProvider",
+    "openai": "openai:OpenAIProvider",
+    "anthropic": "anthropic:AnthropicProvider",
+    "gemini": "gemini:GeminiProvider",
 }
 
 #: Other names a request may use for a provider.
