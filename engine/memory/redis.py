@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from typing import Final
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from .base import (
@@ -35,6 +37,17 @@ KEY_PREFIX: Final = "sse-engine:memory:"
 #: Seconds to connect and to wait for a reply before the store counts as down.
 #: Short, because a request is waiting: redis-py's default is 5 as well.
 TIMEOUT: Final = 5.0
+
+#: Connections per store. Each memory call is one short round trip and Redis
+#: runs commands one at a time, so a few connections serve hundreds of streams;
+#: more calls than this wait (up to TIMEOUT) for a free one.
+POOL_SIZE: Final = 20
+
+#: Retries of a command after a connection error or timeout. One or two absorb
+#: a pooled connection gone stale (Redis restarted, idle connection dropped);
+#: redis-py's default of 10 with backoff would hold a request for seconds
+#: before it could answer 503.
+RETRIES: Final = 2
 
 _ERRORS: Final = (RedisError, OSError, TimeoutError)
 
@@ -88,9 +101,17 @@ class RedisStore(MemoryStore):
 
         Raises :class:`StoreUnavailable` if it does not.
         """
-        client = aioredis.Redis.from_url(
-            url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT
+        # A blocking pool makes a burst of requests queue for a connection;
+        # redis-py's default pool raises "Too many connections" instead.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=POOL_SIZE,
+            timeout=TIMEOUT,
+            socket_connect_timeout=TIMEOUT,
+            socket_timeout=TIMEOUT,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), RETRIES),
         )
+        client = aioredis.Redis.from_pool(pool)  # the client owns and closes the pool
         store = cls(client, url, ttl=ttl)
         try:
             await store.ping()
