@@ -36,6 +36,7 @@ from .errors import (
     UnsupportedMediaType,
 )
 from .gateway import Engine
+from .memory import Conversation
 from .sse import encode_json
 from .wire import ChatRequest, DoneEvent, ErrorEvent, Message, Options, SessionRef, StartEvent
 
@@ -163,7 +164,9 @@ class _Memory:
 
     __slots__ = ("conversation", "max_history", "new")
 
-    def __init__(self, conversation: Any, new: list[Message], max_history: int | None) -> None:
+    def __init__(
+        self, conversation: Conversation, new: list[Message], max_history: int | None
+    ) -> None:
         self.conversation = conversation
         self.new = new
         self.max_history = max_history
@@ -185,8 +188,10 @@ class _Memory:
         return past + self.new
 
     async def store_request(self) -> None:
-        for message in self.new:
-            await self.conversation.add_message(message.role, message.content)
+        # All of the request's messages or none of them.
+        await self.conversation.add_messages(
+            [{"role": m.role, "content": m.content} for m in self.new]
+        )
 
     async def store_reply(self, text: str, metadata: dict[str, Any] | None = None) -> None:
         await self.conversation.add_message("assistant", text, metadata=metadata or {})
@@ -297,7 +302,7 @@ class NewMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     message_id: str | None = None
 
 
-async def _conversation(request: web.Request) -> Any:
+async def _conversation(request: web.Request) -> Conversation:
     store = await request.app[ENGINE].open_memory()
     return store.for_parent(request.match_info["parent"], request.match_info["id"])
 

@@ -28,8 +28,8 @@ async def read_events(response: aiohttp.ClientResponse) -> list[ServerSentEvent]
 class ScriptedProvider(Provider):
     """A provider whose reply the test controls step by step.
 
-    ``tokens`` are sent in order; before each one it waits for ``gate`` when set
-    (the test opens it); ``fail_after`` raises an error after that many chunks.
+    ``tokens`` are sent in order; before each one from index ``hold_from`` on it
+    waits for ``gate`` when set (the test opens it); ``fail_after`` raises an error after that many chunks.
     ``closed`` is set when the producer stops for any reason (finished, failed,
     cancelled): the tests' view of "the upstream request was stopped".
     """
@@ -41,12 +41,14 @@ class ScriptedProvider(Provider):
         tokens: Sequence[str] = ("a", "b", "c"),
         *,
         gate: asyncio.Event | None = None,
+        hold_from: int = 0,
         fail_after: int | None = None,
         error: BaseException | None = None,
     ) -> None:
         super().__init__(model="scripted-1")
         self.tokens = list(tokens)
         self.gate = gate
+        self.hold_from = hold_from
         self.fail_after = fail_after
         self.error = error
         self.closed = asyncio.Event()
@@ -70,7 +72,7 @@ class ScriptedProvider(Provider):
             for i, token in enumerate(self.tokens):
                 if self.fail_after is not None and i == self.fail_after:
                     raise self.error or RuntimeError("scripted failure")
-                if self.gate is not None:
+                if self.gate is not None and i >= self.hold_from:
                     await self.gate.wait()
                 last = i == len(self.tokens) - 1
                 self.sent += 1
