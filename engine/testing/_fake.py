@@ -68,6 +68,7 @@ class Script:
       client must ignore;
     * ``interval_ms``: wait this long before each content event after the first;
     * ``drop_after``: close the connection after this many content events;
+    * ``delay_ms``: wait this long before answering at all (the status line);
     * ``status``: answer this error status before streaming (``retry_after`` sets
       the Retry-After header);
     * ``error_after``: send the provider's mid-stream error after this many
@@ -91,6 +92,7 @@ class Script:
     unknown_fields: bool = False
     interval_ms: float = 0
     drop_after: int | None = None
+    delay_ms: float = 0
     status: int = 200
     retry_after: str | None = None
     error_after: int | None = None
@@ -158,6 +160,8 @@ class FakeUpstream:
         self._queue: deque[Script] = deque()
         #: Every request received, oldest first.
         self.requests: list[Recorded] = []
+        #: Set each time a request arrives (clear it to wait for the next one).
+        self.received = asyncio.Event()
 
     def push(self, *scripts: Script) -> None:
         """Queue scripts for the next requests, one each, before the default applies again."""
@@ -213,8 +217,11 @@ class FakeUpstream:
             json=body,
         )
         self.requests.append(rec)
+        self.received.set()
         script = self._queue.popleft() if self._queue else self.default
         try:
+            if script.delay_ms:
+                await asyncio.sleep(script.delay_ms / 1000)
             if script.status != 200:
                 headers = {"Content-Type": "application/json"}
                 if script.retry_after is not None:
