@@ -155,6 +155,7 @@ class Decoder:
         "_data",
         "_data_size",
         "_event",
+        "_id_buf",
         "_last_id",
         "_max_event_size",
         "_max_line_size",
@@ -174,6 +175,11 @@ class Decoder:
         self._data: list[bytes] = []
         self._data_size = 0
         self._event = b""
+        # The spec keeps two ids: the "last event ID buffer" an ``id`` field sets,
+        # and the "last event ID string" it is copied to only when a blank line
+        # ends the block. A client reconnects with the string, so an ``id`` in a
+        # block the stream never finished must not count.
+        self._id_buf = ""
         self._last_id = ""
         self._retry: int | None = None
         self._skip_lf = False  # the previous read ended in CR
@@ -185,7 +191,7 @@ class Decoder:
 
     @property
     def last_event_id(self) -> str:
-        """The last event ID seen so far (what a client would send as Last-Event-ID)."""
+        """The last event ID a blank line committed (what a client sends as Last-Event-ID)."""
         return self._last_id
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[ServerSentEvent]:
@@ -248,6 +254,7 @@ class Decoder:
         self._data.clear()
         self._data_size = 0
         self._event = b""
+        self._id_buf = self._last_id
         self._retry = None
         self._skip_lf = False
         self._start = True
@@ -269,21 +276,29 @@ class Decoder:
         if field == b"data":
             self._data.append(value)
             self._data_size += len(value) + 1
-            if self._data_size > self._max_event_size:
+            # _data_size counts an LF after every line; the last one is dropped.
+            if self._data_size - 1 > self._max_event_size:
                 raise SSEProtocolError(f"event data larger than {self._max_event_size} bytes")
         elif field == b"event":
             self._event = value
         elif field == b"id":
             if b"\0" not in value:
-                self._last_id = value.decode("utf-8", "replace")
+                self._id_buf = value.decode("utf-8", "replace")
         elif field == b"retry":
             # bytes.isdigit() is true for ASCII digits only, as the spec requires.
             if value.isdigit():
-                self._retry = self.retry = int(value)
+                try:
+                    self._retry = self.retry = int(value)
+                except ValueError:
+                    # More digits than sys.get_int_max_str_digits() allows: no
+                    # meaningful delay, and the decoder must not raise on input.
+                    pass
         # Any other field is ignored.
         return None
 
     def _dispatch(self) -> ServerSentEvent | None:
+        # Every blank line commits the id, even one that dispatches nothing.
+        self._last_id = self._id_buf
         data, event, retry = self._data, self._event, self._retry
         self._event = b""
         self._retry = None

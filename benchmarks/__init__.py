@@ -1,0 +1,1 @@
+"""Micro-benchmarks, kept outside the tests (after msgspec's ``benchmarks/``)."""
