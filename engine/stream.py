@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
@@ -163,7 +163,9 @@ class EventStream:
         "__weakref__",
         "_busy",
         "_closed",
+        "_end_frame",
         "_ended",
+        "_error_frame",
         "_headers",
         "_high_water",
         "_interrupted",
@@ -186,12 +188,18 @@ class EventStream:
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         retry_ms: int | None = None,
         headers: Mapping[str, str] | None = None,
+        end_frame: bytes | None = None,
+        error_frame: Callable[[EngineError], bytes] | None = None,
     ) -> None:
         self._request = request
         self._supervisor = supervisor
         self.send_timeout = send_timeout
         self._retry_ms = retry_ms
         self._headers = headers
+        # Another dialect's framing (the OpenAI endpoint's ``data: [DONE]`` and
+        # ``data: {"error": ...}``) instead of the ``done`` and ``error`` events.
+        self._end_frame = end_frame
+        self._error_frame = error_frame
         self._response: web.StreamResponse | None = None
         self._writer: StreamWriter | None = None
         self._transport: asyncio.Transport | None = None
@@ -294,7 +302,10 @@ class EventStream:
 
     async def _final_error(self, exc: EngineError) -> None:
         try:
-            await self.send_error(exc.message, code=exc.status, type=exc.type)
+            if self._error_frame is not None:
+                await self._write(self._error_frame(exc))
+            else:
+                await self.send_error(exc.message, code=exc.status, type=exc.type)
         except ConnectionResetError:
             pass
 
@@ -366,14 +377,19 @@ class EventStream:
         """Send the ``done`` event (once) and finish the response.
 
         ``data`` defaults to ``{"type": "done"}``; the chat endpoints pass a
-        :class:`~engine.wire.DoneEvent` with finish_reason and usage.
+        :class:`~engine.wire.DoneEvent` with finish_reason and usage. A stream
+        made with ``end_frame`` sends those bytes instead when ``data`` is None.
         """
         if self._ended or self._response is None:
             return
         self._ended = True
         try:
             if not self._closed:
-                await self._write(encode_json(_DONE if data is None else data, event="done", id=id))
+                if data is None and self._end_frame is not None:
+                    await self._write(self._end_frame)
+                else:
+                    done = _DONE if data is None else data
+                    await self._write(encode_json(done, event="done", id=id))
                 await self._response.write_eof()
         except ConnectionResetError:
             pass
