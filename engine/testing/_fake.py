@@ -67,6 +67,8 @@ class Script:
     * ``unknown_fields``: add JSON keys, SSE fields and (Anthropic) event types a
       client must ignore;
     * ``interval_ms``: wait this long before each content event after the first;
+    * ``first_ms``: after the headers, wait this long before the first content
+      event (a reasoning model's silence);
     * ``drop_after``: close the connection after this many content events;
     * ``delay_ms``: wait this long before answering at all (the status line);
     * ``status``: answer this error status before streaming (``retry_after`` sets
@@ -91,6 +93,7 @@ class Script:
     comments: bool = False
     unknown_fields: bool = False
     interval_ms: float = 0
+    first_ms: float = 0
     drop_after: int | None = None
     delay_ms: float = 0
     status: int = 200
@@ -291,6 +294,8 @@ class FakeUpstream:
                         break
                     if sent and interval:
                         await asyncio.sleep(interval)
+                    elif not sent and script.first_ms:
+                        await asyncio.sleep(script.first_ms / 1000)
                     sent += 1
                 data = frame.data
                 if script.stamp and frame.content:
