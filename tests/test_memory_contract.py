@@ -413,6 +413,26 @@ async def test_200_conversations_written_at_once_lose_nothing(store, uid):
     await asyncio.gather(*(check(i) for i in range(n_conversations)))
 
 
+async def test_writers_sharing_a_conversation_keep_their_own_order(store, uid):
+    chat = store.for_parent("ChatSession", f"{uid}-42")
+
+    async def write(who: str) -> None:
+        for i in range(10):
+            if i % 3 == 2:  # batches interleave with single adds
+                await chat.add_messages([{"role": "user", "content": f"{who}{i}"}])
+            else:
+                await chat.add_user_message(f"{who}{i}")
+
+    async with anyio.create_task_group() as tg:
+        for who in "abcdefghij":
+            tg.start_soon(write, who)
+
+    messages = contents(await chat.get_messages())
+    assert len(messages) == 100
+    for who in "abcdefghij":
+        assert [m for m in messages if m[0] == who] == [f"{who}{i}" for i in range(10)]
+
+
 # Failures
 
 

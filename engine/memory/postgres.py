@@ -77,6 +77,18 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT (parent_class, parent_id, message_id) DO NOTHING
 RETURNING seq
 """
+# The same, taking the conversation's lock first. Rows come out of `locked`
+# only once the lock is held, and the identity default is computed per inserted
+# row, so seq is drawn under the lock too.
+_INSERT_LOCKED: Final = f"""
+WITH locked AS (
+    SELECT pg_advisory_xact_lock(hashtextextended($1::text || chr(31) || $2::text, 0))
+)
+INSERT INTO sse_engine_messages (parent_class, parent_id, {_COLUMNS})
+SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM locked
+ON CONFLICT (parent_class, parent_id, message_id) DO NOTHING
+RETURNING seq
+"""
 _SELECT_ONE: Final = f"""
 SELECT {_COLUMNS} FROM sse_engine_messages
 WHERE parent_class = $1 AND parent_id = $2 AND message_id = $3
@@ -177,30 +189,44 @@ class PostgresStore(MemoryStore):
         self._check_open()
         stored: list[StoredMessage] = []
         with translate_errors(_ERRORS, "store messages", self._url):
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(_LOCK_CONVERSATION, parent, parent_id)
-                for message in messages:
-                    seq = await conn.fetchval(
-                        _INSERT,
-                        parent,
-                        parent_id,
-                        message.message_id,
-                        message.role,
-                        message.content,
-                        message.type,
-                        message_encoder.encode(message.metadata).decode(),
-                        message.created_at,
+            async with self._pool.acquire() as conn:
+                if len(messages) == 1:
+                    # The common case, one round trip: a single statement is its
+                    # own transaction and holds the lock until it commits.
+                    stored.append(
+                        await self._insert(conn, _INSERT_LOCKED, parent, parent_id, messages[0])
                     )
-                    if seq is None:
-                        # Already there (the lock makes "there" committed):
-                        # hand back the stored one, as the contract says.
-                        row = await conn.fetchrow(
-                            _SELECT_ONE, parent, parent_id, message.message_id
-                        )
-                        stored.append(_message(row))
-                    else:
-                        stored.append(message)
+                else:
+                    async with conn.transaction():
+                        await conn.execute(_LOCK_CONVERSATION, parent, parent_id)
+                        for message in messages:
+                            stored.append(
+                                await self._insert(conn, _INSERT, parent, parent_id, message)
+                            )
         return stored
+
+    @staticmethod
+    async def _insert(
+        conn: Any, query: str, parent: str, parent_id: str, message: StoredMessage
+    ) -> StoredMessage:
+        seq = await conn.fetchval(
+            query,
+            parent,
+            parent_id,
+            message.message_id,
+            message.role,
+            message.content,
+            message.type,
+            message_encoder.encode(message.metadata).decode(),
+            message.created_at,
+        )
+        if seq is not None:
+            return message
+        # The id is already there, committed (ON CONFLICT waits for a concurrent
+        # insert to finish; this new statement's snapshot then sees it): hand
+        # back the stored message, as the contract says.
+        row = await conn.fetchrow(_SELECT_ONE, parent, parent_id, message.message_id)
+        return _message(row)
 
     async def _read(self, parent: str, parent_id: str, limit: int | None) -> list[StoredMessage]:
         self._check_open()
