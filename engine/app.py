@@ -380,4 +380,7 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None) ->
     app.router.add_post("/v1/memory/{parent}/{id}/messages", memory_post)
     app.router.add_delete("/v1/memory/{parent}/{id}", memory_delete)
     app.router.add_get("/healthz", healthz)
+    from .openai_api import add_openai_routes  # here: that module imports this one
+
+    add_openai_routes(app)  # POST /v1/chat/completions, GET /v1/models
     return app

@@ -1,0 +1,488 @@
+"""The OpenAI-compatible face of the gateway: Chat Completions and the model list.
+
+Routes (added by :func:`add_openai_routes`)::
+
+    POST /v1/chat/completions   Chat Completions request -> chat.completion, or
+                                text/event-stream of chat.completion.chunk + [DONE]
+    GET  /v1/models             the configured models, as OpenAI's list
+
+So any OpenAI client streams from any provider through the gateway::
+
+    client = openai.AsyncOpenAI(base_url="http://127.0.0.1:8080/v1", api_key="unused")
+    await client.chat.completions.create(model="anthropic/claude-sonnet-4-5", ...)
+
+Routing: ``provider/model`` picks the provider (``mock/anything``,
+``openai/gpt-4o``, ``anthropic/claude-...``, ``gemini/gemini-...``); a bare model
+name goes to the default provider; an unknown prefix is 404 ``model_not_found``.
+The translation to each provider's format is the provider adapters' own: this
+module only maps the OpenAI request onto :class:`~engine.wire.Message` and
+:class:`~engine.wire.Options` and the engine's chunks back onto OpenAI's.
+
+Errors use OpenAI's body, ``{"error": {"message", "type", "param", "code"}}``,
+mapped from the :class:`~engine.errors.EngineError` tree in one place
+(:func:`openai_error`): before the headers went out as a JSON response with the
+status the SDKs key their exception classes on; after, as a
+``data: {"error": ...}`` event, then the end of the body without ``[DONE]``
+(what api.openai.com sends, and what the ``openai`` SDK raises ``APIError`` on).
+
+Memory: ``X-Session-Parent`` and ``X-Session-Id`` attach conversation memory
+exactly as ``session`` does on ``/v1/chat/stream``.
+
+Not passed upstream (the provider interface has no way to carry them yet):
+``tools``/``tool_choice`` and tool messages are refused with a 400 rather than
+dropped, since a model that silently cannot call its tools answers differently;
+``user``, ``name`` and OpenAI fields this module does not declare (``seed``,
+``presence_penalty``, ...) are accepted and ignored.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import re
+import time
+import uuid
+from typing import Annotated, Any, Literal
+
+import msgspec
+from aiohttp import web
+from msgspec import Meta, Struct
+
+from .app import ENGINE, Handler, _attach_memory, _store_partial, json_response, read_json
+from .config import ProviderSettings
+from .errors import EngineError, InvalidFields, NotFound, UnknownProvider
+from .gateway import Engine
+from .providers import PROVIDERS, Provider
+from .sse import encode, encode_json
+from .stream import EventStream
+from .wire import ChatRequest, Message, Options, Role, SessionRef, Usage
+
+__all__ = [
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "CompletionRequest",
+    "ErrorBody",
+    "ModelList",
+    "add_openai_routes",
+    "openai_error",
+]
+
+log = logging.getLogger("engine.openai_api")
+
+SESSION_PARENT_HEADER = "X-Session-Parent"
+SESSION_ID_HEADER = "X-Session-Id"
+
+# -- request -----------------------------------------------------------------------
+
+
+class TextPart(Struct, kw_only=True, tag_field="type", tag="text"):
+    """A ``{"type": "text", "text": ...}`` content part; other part types are refused (400)."""
+
+    text: str
+
+
+class RequestMessage(Struct, kw_only=True):
+    """One message of a Chat Completions request. Unknown keys are ignored."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class StreamOptions(Struct, kw_only=True):
+    include_usage: bool = False
+
+
+class CompletionRequest(Struct, kw_only=True):
+    """The body of ``POST /v1/chat/completions``, as far as the gateway reads it.
+
+    ``tools`` and ``tool_choice`` are carried so the handler can refuse them
+    explicitly; undeclared fields are ignored, as lenient OpenAI-compatible
+    servers do.
+    """
+
+    model: str
+    messages: Annotated[list[RequestMessage], Meta(min_length=1)]
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    n: int | None = None
+    user: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+
+# -- responses -----------------------------------------------------------------------
+
+
+class ResponseMessage(Struct, kw_only=True, omit_defaults=True):
+    role: str
+    content: str | None  # no default: always sent, null included
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class Choice(Struct, kw_only=True):
+    index: int = 0
+    message: ResponseMessage
+    logprobs: None = None
+    finish_reason: str
+
+
+class ChatCompletion(Struct, kw_only=True, tag_field="object", tag="chat.completion"):
+    """A whole reply (``stream: false``)."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage | None
+
+
+class Delta(Struct, kw_only=True, omit_defaults=True):
+    role: str | None = None
+    content: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+
+class ChunkChoice(Struct, kw_only=True):
+    index: int = 0
+    delta: Delta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(
+    Struct, kw_only=True, omit_defaults=True, tag_field="object", tag="chat.completion.chunk"
+):
+    """One streamed event; the usage chunk has empty ``choices`` and ``usage`` set."""
+
+    id: str
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class Model(Struct, kw_only=True, tag_field="object", tag="model"):
+    id: str
+    #: Unix time; the gateway does not know when a provider made a model, so 0.
+    created: int = 0
+    owned_by: str
+
+
+class ModelList(Struct, kw_only=True, tag_field="object", tag="list"):
+    data: list[Model]
+
+
+class ErrorDetail(Struct, kw_only=True):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorBody(Struct, kw_only=True):
+    """OpenAI's error body, before and after the headers went out."""
+
+    error: ErrorDetail
+
+
+# -- errors: the one mapping for these routes ----------------------------------------
+
+# OpenAI's error types by status; every 5xx is a ``server_error``. A 404 here is
+# an unknown model, which OpenAI reports as an ``invalid_request_error``.
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+}
+# OpenAI's own codes where it has one; otherwise the engine's type is the code.
+_CODES = {"not_found": "model_not_found", "rate_limited": "rate_limit_exceeded"}
+# OpenAI answers 400 to any invalid field, never 422: its SDKs expect BadRequestError.
+_STATUS = {422: 400}
+# msgspec's "... - at `$.field`" and "missing required field `field`".
+_PARAM = re.compile(r"at `\$\.(\w+)|required field `(\w+)`")
+
+
+def openai_error(exc: EngineError) -> tuple[int, ErrorBody]:
+    """The HTTP status and OpenAI error body for ``exc``.
+
+    The status is the error's own (422 becomes 400), so the SDKs raise the
+    matching class: 400 ``BadRequestError``, 404 ``NotFoundError``, 429
+    ``RateLimitError``, 5xx ``InternalServerError``. An upstream 401/403 is the
+    gateway's key being wrong, not the caller's: it stays a 502.
+    """
+    status = _STATUS.get(exc.status, exc.status)
+    kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    match = _PARAM.search(exc.message)
+    param = (match.group(1) or match.group(2)) if match else None
+    code = _CODES.get(exc.type, exc.type)
+    detail = ErrorDetail(message=exc.message, type=kind, param=param, code=code)
+    return status, ErrorBody(error=detail)
+
+
+def _error_response(exc: EngineError) -> web.Response:
+    status, body = openai_error(exc)
+    headers = None
+    if exc.retry_after is not None:
+        # Whole seconds, rounded up, never 0 (RFC 9110 10.2.3); the SDKs also
+        # read OpenAI's retry-after-ms, which keeps the precision.
+        headers = {
+            "Retry-After": str(max(1, math.ceil(exc.retry_after))),
+            "retry-after-ms": str(max(1, math.ceil(exc.retry_after * 1000))),
+        }
+    return json_response(body, status, headers)
+
+
+def _error_frame(exc: EngineError) -> bytes:
+    # No event name: OpenAI sends errors as plain data events, and the SDK
+    # raises APIError on any data with an "error" key.
+    return encode_json(openai_error(exc)[1])
+
+
+_DONE = encode("[DONE]")
+
+
+def _openai_errors(handler: Handler) -> Handler:
+    """Answer every error these routes raise in OpenAI's shape, not the native one."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except EngineError as exc:
+            if exc.status >= 500:
+                log.warning("%s %s: %s (%s)", request.method, request.path, exc.message, exc.type)
+            return _error_response(exc)
+        except (web.HTTPException, ConnectionResetError):
+            raise  # the app's middleware knows these
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return _error_response(EngineError("internal error"))
+
+    return wrapper
+
+
+# -- request -> engine ------------------------------------------------------------
+
+
+def route(engine: Engine, model: str) -> tuple[Provider, str | None, str]:
+    """``(provider, model for it, prefix)`` for a request's ``model``.
+
+    ``provider/model`` names the provider (any name or alias the engine knows,
+    including providers added with ``Engine.add_provider``); a bare name goes
+    to the default provider. Raises :class:`~engine.errors.NotFound` for an
+    unknown prefix.
+    """
+    prefix, slash, name = model.partition("/")
+    if not slash:
+        return engine.provider(None), model or None, ""
+    try:
+        provider = engine.provider(prefix)
+    except UnknownProvider as exc:
+        raise NotFound(f"The model `{model}` does not exist: {exc.message} - at `$.model`") from exc
+    return provider, name or None, prefix
+
+
+def _text(message: RequestMessage) -> str:
+    content = message.content
+    if isinstance(content, list):
+        # Text parts joined by newlines, as vLLM and others join them.
+        return "\n".join(part.text for part in content)
+    return content or ""
+
+
+# ``developer`` is ``system`` renamed (for o1); ``tool`` and ``function`` have no equivalent.
+_ROLES: dict[str, Role] = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+}
+
+
+def to_messages(messages: list[RequestMessage]) -> list[Message]:
+    """The engine's messages.
+
+    Raises :class:`InvalidFields` for tool messages and tool calls, which no
+    provider can be given yet.
+    """
+    out: list[Message] = []
+    for index, message in enumerate(messages):
+        role = _ROLES.get(message.role)
+        if role is None or message.tool_calls:
+            raise InvalidFields(
+                "tool calling is not supported by this gateway yet: messages with role "
+                f"`tool` or with `tool_calls` cannot be sent upstream - at `$.messages[{index}]`"
+            )
+        out.append(Message(role=role, content=_text(message)))
+    return out
+
+
+def to_options(body: CompletionRequest) -> Options:
+    """Generation options, validated like the native endpoint's (bad values are 400)."""
+    max_tokens = body.max_completion_tokens
+    source = "max_completion_tokens"
+    if max_tokens is None:
+        max_tokens, source = body.max_tokens, "max_tokens"
+    raw = {
+        "max_tokens": max_tokens,
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "stop": body.stop,
+    }
+    try:
+        return msgspec.convert({k: v for k, v in raw.items() if v is not None}, Options)
+    except msgspec.ValidationError as exc:
+        message = str(exc).replace("$.max_tokens", f"$.{source}")
+        raise InvalidFields(f"Invalid value: {message}") from exc
+
+
+def check(body: CompletionRequest) -> None:
+    """Refuse what the gateway cannot honour instead of ignoring it."""
+    if body.n is not None and body.n != 1:
+        raise InvalidFields(f"only n=1 is supported, got n={body.n} - at `$.n`")
+    if body.tools:
+        raise InvalidFields(
+            "tools are not supported by this gateway yet: the provider interface "
+            "cannot pass them upstream - at `$.tools`"
+        )
+    if body.tool_choice not in (None, "none", "auto"):
+        raise InvalidFields("tool_choice needs tools, which are not supported - at `$.tool_choice`")
+
+
+def session_from_headers(request: web.Request) -> SessionRef | None:
+    """The ``X-Session-Parent``/``X-Session-Id`` pair, validated like ``session``."""
+    parent = request.headers.get(SESSION_PARENT_HEADER)
+    sid = request.headers.get(SESSION_ID_HEADER)
+    if parent is None and sid is None:
+        return None
+    try:
+        return msgspec.convert({"parent": parent or "", "id": sid or ""}, SessionRef)
+    except msgspec.ValidationError as exc:
+        raise InvalidFields(
+            f"{SESSION_PARENT_HEADER} and {SESSION_ID_HEADER} must both be set, "
+            f"printable, 1 to 200 characters: {exc}"
+        ) from exc
+
+
+# -- handlers ------------------------------------------------------------------------
+
+
+@_openai_errors
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE]
+    body = await read_json(request, CompletionRequest)
+    check(body)
+    chat = ChatRequest(
+        messages=to_messages(body.messages),
+        options=to_options(body),
+        session=session_from_headers(request),
+    )
+    provider, model, prefix = route(engine, body.model)
+    memory, messages = await _attach_memory(engine, chat)
+
+    def shown(name: str) -> str:
+        # The model as the client can name it again: with the prefix it used.
+        return f"{prefix}/{name}" if prefix else name
+
+    cid = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if not body.stream:
+        reply = await provider.send(messages, model=model, options=chat.options)
+        if memory is not None:
+            await memory.store_request()
+            await memory.store_reply(reply.content)
+        message = ResponseMessage(
+            role="assistant", content=reply.content, tool_calls=reply.tool_calls
+        )
+        completion = ChatCompletion(
+            id=cid,
+            created=created,
+            model=shown(reply.model),
+            choices=[Choice(message=message, finish_reason=reply.finish_reason or "stop")],
+            usage=reply.usage,
+        )
+        return json_response(completion)
+
+    # Returns once the upstream accepted: a refusal is still a JSON error.
+    chunks = await provider.open(messages, model=model, options=chat.options)
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    # No retry: and no id: fields, unlike the native stream: OpenAI sends neither,
+    # and the SDK's decoder dispatches a retry-only event (or, once an id was
+    # seen, a comment) as an empty event it then fails to parse as JSON.
+    stream = EventStream(
+        request,
+        supervisor=engine.supervisor,
+        send_timeout=engine.config.send_timeout,
+        end_frame=_DONE,
+        error_frame=_error_frame,
+    )
+    name = shown(chunks.model)
+
+    def frame(choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
+        return encode_json(
+            ChatCompletionChunk(id=cid, created=created, model=name, choices=choices, usage=usage)
+        )
+
+    seen: list[str] = []  # what the client was sent, for memory
+    try:
+        async with chunks:
+            if memory is not None:
+                await memory.store_request()
+            async with stream:
+                await stream.send_frame(frame([ChunkChoice(delta=Delta(role="assistant"))]))
+                finish_reason: str | None = None
+                usage: Usage | None = None
+                async for chunk in chunks:
+                    if chunk.content or chunk.tool_calls:
+                        delta = Delta(content=chunk.content or None, tool_calls=chunk.tool_calls)
+                        await stream.send_frame(frame([ChunkChoice(delta=delta)]))
+                        seen.append(chunk.content)
+                    if chunk.finish_reason is not None:
+                        finish_reason = chunk.finish_reason
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                # As OpenAI does: the finish reason in a chunk of its own, empty delta.
+                last = ChunkChoice(delta=Delta(), finish_reason=finish_reason or "stop")
+                await stream.send_frame(frame([last]))
+                if include_usage:
+                    await stream.send_frame(frame([], usage))
+                if memory is not None:
+                    # Stored before [DONE], so [DONE] means the reply is saved.
+                    await memory.store_reply("".join(seen), {"stream_id": cid})
+                    memory = None
+                # Leaving the block sends data: [DONE]; an error, the error chunk.
+    finally:
+        if memory is not None and seen:
+            await _store_partial(memory, seen, cid, stream.end_reason)
+    return stream.response or web.Response(status=499)
+
+
+@_openai_errors
+async def list_models(request: web.Request) -> web.Response:
+    """The default model of each provider with a key configured, and the mock's."""
+    config = request.app[ENGINE].config
+    data = []
+    for name in PROVIDERS:
+        if name == "mock" or (config.providers.get(name) or ProviderSettings()).api_key:
+            model = config.provider_settings(name).model
+            data.append(Model(id=f"{name}/{model}", owned_by=name))
+    return json_response(ModelList(data=data))
+
+
+def add_openai_routes(app: web.Application) -> None:
+    """Serve the OpenAI-compatible routes from ``app`` (an app made by ``create_app``)."""
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", list_models)
