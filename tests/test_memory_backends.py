@@ -203,7 +203,8 @@ async def test_postgres_schema_is_versioned_and_reopening_is_harmless():
     import asyncpg
 
     url = server_url("postgres")
-    async with await open_store(url), await open_store(url):
+    short = url.replace("postgresql://", "postgres://", 1)  # both spellings work
+    async with await open_store(url), await open_store(short):
         pass  # two servers starting at once both find (or make) the schema
     conn = await asyncpg.connect(url)
     try:

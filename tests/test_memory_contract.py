@@ -464,14 +464,16 @@ def closed_port():
         yield sock.getsockname()[1]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "redis", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "redis", "rediss", "postgresql", "postgres"])
 async def test_store_that_cannot_be_reached_is_unavailable(backend, tmp_path, closed_port):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     url = {
         "sqlite": f"sqlite:///{blocker}/memory.db",
         "redis": f"redis://:s3cret@127.0.0.1:{closed_port}/0",
-        "postgres": f"postgresql://engine:s3cret@127.0.0.1:{closed_port}/engine",
+        "rediss": f"rediss://:s3cret@127.0.0.1:{closed_port}/0",
+        "postgresql": f"postgresql://engine:s3cret@127.0.0.1:{closed_port}/engine",
+        "postgres": f"postgres://engine:s3cret@127.0.0.1:{closed_port}/engine",
     }[backend]
     started = time.monotonic()
     with pytest.raises(StoreUnavailable) as info:
