@@ -301,7 +301,7 @@ async def test_connect_error_is_retried_then_raised(h):
 
 async def test_first_byte_timeout(h):
     h.fake.default = Script(delay_ms=5_000)
-    with pytest.raises(UpstreamTimeout):
+    with pytest.raises(UpstreamTimeout, match="first_byte_timeout"):
         await h.provider(first_byte_timeout=0.05).open(MESSAGES)
     (rec,) = h.fake.requests  # not retried
     await asyncio.wait_for(rec.disconnected.wait(), 1)
@@ -310,7 +310,7 @@ async def test_first_byte_timeout(h):
 async def test_idle_timeout_between_chunks(h):
     h.fake.default = Script(tokens=["a", "b"], interval_ms=5_000)
     got: list[str] = []
-    with pytest.raises(UpstreamTimeout):
+    with pytest.raises(UpstreamTimeout, match="idle_timeout"):
         async for chunk in h.provider(idle_timeout=0.05).stream(MESSAGES):
             got.append(chunk.content)
     assert got == ["a"]

@@ -302,8 +302,13 @@ async def iter_events(
     decoder = Decoder()
     content = resp.content
     while True:
-        async with asyncio.timeout(idle_timeout):
-            data = await content.readany()
+        try:
+            async with asyncio.timeout(idle_timeout):
+                data = await content.readany()
+        except TimeoutError as exc:
+            raise UpstreamTimeout(
+                f"no data from the upstream for {idle_timeout:g} s (idle_timeout)"
+            ) from exc
         if not data:
             decoder.flush()
             return
@@ -412,6 +417,12 @@ class Upstream:
                     logger.info(
                         "%s: connect failed (%s), retrying", self.provider, type(exc).__name__
                     )
+                except TimeoutError as exc:
+                    # Not retried: the upstream may be working on it (and billing it).
+                    raise UpstreamTimeout(
+                        f"{self.provider} did not answer within "
+                        f"{settings.first_byte_timeout:g} s (first_byte_timeout)"
+                    ) from exc
                 else:
                     if resp.status == 200:
                         return resp
