@@ -371,9 +371,12 @@ def session_from_headers(request: web.Request) -> SessionRef | None:
     try:
         return msgspec.convert({"parent": parent or "", "id": sid or ""}, SessionRef)
     except msgspec.ValidationError as exc:
+        # Name the header, not a JSON path: these are not body fields.
+        detail = str(exc).replace("`$.parent`", SESSION_PARENT_HEADER)
+        detail = detail.replace("`$.id`", SESSION_ID_HEADER)
         raise InvalidFields(
             f"{SESSION_PARENT_HEADER} and {SESSION_ID_HEADER} must both be set, "
-            f"printable, 1 to 200 characters: {exc}"
+            f"printable, 1 to 200 characters: {detail}"
         ) from exc
 
 
