@@ -15,6 +15,7 @@ from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 from openai._streaming import SSEDecoder
 from openai.types.chat import ChatCompletionChunk
 
@@ -209,6 +210,22 @@ async def test_models_lists_the_configured_providers(gateway):
     # Every listed id is a model the endpoint accepts.
     reply = await gw.sdk.chat.completions.create(model="mock/mock-1", messages=HI, max_tokens=1)
     assert reply.model == "mock/mock-1"
+
+
+async def test_works_mounted_as_a_sub_app(aiohttp_server):
+    parent = web.Application()
+    parent.add_subapp("/llm", create_app(make_config()))
+    server = await aiohttp_server(parent)
+    sdk = openai.AsyncOpenAI(base_url=str(server.make_url("/llm/v1")), api_key="x", max_retries=0)
+    try:
+        stream = await sdk.chat.completions.create(
+            model="mock/m", messages=HI, stream=True, max_tokens=2
+        )
+        assert text_of(await read_stream(stream)) == "You said"
+        with pytest.raises(openai.NotFoundError):
+            await sdk.chat.completions.create(model="nope/m", messages=HI)
+    finally:
+        await sdk.close()
 
 
 # -- the wire: what the SDK's own decoder makes of the bytes ---------------------------
