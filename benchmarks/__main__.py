@@ -1,0 +1,297 @@
+"""Run every benchmark and regenerate benchmarks/RESULTS.md and the plots.
+
+    python -m benchmarks [--quick] [--only NAME[,NAME...]]
+
+Names: encoder, throughput, latency, concurrency, memory. ``--only`` reruns
+some and keeps the other sections from the last run (benchmarks/results.json).
+A benchmark that is missing or fails is reported in RESULTS.md and the run
+goes on. Progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import json
+import math
+import sys
+import time
+import traceback
+from typing import Any
+
+from ._harness import BENCH_DIR, LABELS, log, machine, raise_nofile
+
+BENCHES = {
+    "encoder": "benchmarks.bench_encoder",
+    "throughput": "benchmarks.bench_throughput",
+    "latency": "benchmarks.bench_latency",
+    "concurrency": "benchmarks.bench_concurrency",
+    "memory": "benchmarks.bench_memory",
+}
+TITLES = {
+    "encoder": "Encoder (events/s, in process)",
+    "throughput": "Throughput: events/s to 1, 50 and 500 clients",
+    "latency": "Added chunk latency through the gateway (relay of a fake OpenAI upstream)",
+    "concurrency": "Concurrency: idle streams and stable paced streams",
+    "memory": "Conversation memory (operations/s)",
+}
+RESULTS_JSON = BENCH_DIR / "results.json"
+RESULTS_MD = BENCH_DIR / "RESULTS.md"
+NOTES_MD = BENCH_DIR / "NOTES.md"
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def run_one(name: str, quick: bool) -> dict[str, Any]:
+    started = time.monotonic()
+    out = io.StringIO()
+    try:
+        module = importlib.import_module(BENCHES[name])
+        with contextlib.redirect_stdout(out):
+            result = module.main(quick=quick)
+        status = "ok"
+        error = None
+    except Exception as exc:  # report and go on
+        result = None
+        status = "failed"
+        error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        log(f"{name}: FAILED: {error}")
+        log(traceback.format_exc(limit=5))
+    return {
+        "status": status,
+        "error": error,
+        "seconds": round(time.monotonic() - started, 1),
+        "printed": out.getvalue(),
+        "result": _jsonable(result),
+    }
+
+
+# -- rendering -------------------------------------------------------------------
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, dict) and "median" in v:
+        med, lo, hi = v.get("median"), v.get("min"), v.get("max")
+        if med is None:
+            return "n/a"
+        spec = ",.0f" if abs(med) >= 100 else ".3g"
+        return f"{format(med, spec)} ({format(lo, spec)}-{format(hi, spec)})"
+    if isinstance(v, float):
+        return f"{v:,.3f}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def _generic(result: Any, prefix: str = "") -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    if isinstance(result, dict) and not ("median" in result and prefix):
+        for k, v in result.items():
+            rows += _generic(v, f"{prefix}{k}" if not prefix else f"{prefix} / {k}")
+    elif isinstance(result, list) and len(result) > 20:
+        rows.append((prefix, f"({len(result)} values)"))
+    else:
+        rows.append((prefix, _cell(result)))
+    return rows
+
+
+def render_section(name: str, entry: dict[str, Any]) -> str:
+    parts = [f"## {TITLES[name]}", ""]
+    parts.append(
+        f"`{BENCHES[name]}` — {entry['status']}, {entry['seconds']} s"
+        + (" (quick)" if entry.get("quick") else "")
+    )
+    parts.append("")
+    if entry["status"] != "ok":
+        parts += ["**Not measured in this run:**", "", "```", entry["error"] or "", "```", ""]
+        return "\n".join(parts)
+    module = importlib.import_module(BENCHES[name])
+    if hasattr(module, "markdown"):
+        parts.append(module.markdown(entry["result"]))
+    else:
+        parts += ["| measure | value |", "|---|---|"]
+        parts += [f"| {k} | {v} |" for k, v in _generic(entry["result"])]
+    if entry["printed"].strip():
+        parts += ["", "Printed by the benchmark:", "", "```", entry["printed"].rstrip(), "```"]
+    parts.append("")
+    return "\n".join(parts)
+
+
+def _get(d: Any, *path: Any) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or str(p) not in d:
+            return None
+        d = d[str(p)]
+    return d
+
+
+def targets(sections: dict[str, Any]) -> list[str]:
+    """The issue's targets against this run's numbers."""
+    tp = _get(sections, "throughput", "result")
+    conc = _get(sections, "concurrency", "result")
+    lat = _get(sections, "latency", "result")
+    rows = ["| target | measured | met |", "|---|---|---|"]
+
+    def ratio(a: str, b: str, c: int, goal: float) -> None:
+        v = _get(tp, "ratios", f"{a}/{b}", c)
+        if v is None:
+            rows.append(f"| {a}/{b} at {c} clients >= {goal}x | not measured | ? |")
+            return
+        med = v["median"]
+        rows.append(
+            f"| events/s {a} / {b} at {c} clients >= {goal}x | {med:.2f}x "
+            f"({v['min']:.2f}-{v['max']:.2f}) | {'yes' if med >= goal else 'no'} |"
+        )
+
+    for c in (50, 500):
+        ratio("native", "raw", c, 0.7)
+        ratio("native", "sse-starlette", c, 3.0)
+        ratio("native", "aiohttp-sse", c, 2.5)
+    idle = _get(conc, "idle", "native")
+    at10k = [r for r in idle or [] if r.get("clients") == 10000 and "kib_per_conn" in r]
+    if at10k:
+        r = at10k[0]
+        ok = r["kib_per_conn"] <= 12 and r["still_open"] == 10000
+        rows.append(
+            f"| 10,000 idle streams, <= 12 KiB each | {r['kib_per_conn']:.2f} KiB, "
+            f"{r['still_open']} open, {r['got_heartbeat']} got heartbeats | "
+            f"{'yes' if ok else 'no'} |"
+        )
+    else:
+        rows.append("| 10,000 idle streams, <= 12 KiB each | not measured | ? |")
+    best = _get(conc, "stable", "max_stable")
+    rows.append(
+        f"| >= 1,000 concurrent paced streams stable (p99 <= 50 ms) | "
+        f"{best if best is not None else 'not measured'} | "
+        f"{'yes' if best is not None and best >= 1000 else 'no' if best is not None else '?'} |"
+    )
+    for streams, goal in (("100", 0.6), ("1000", 5.0)):
+        v = _get(lat, streams, "added_p99")
+        rows.append(
+            f"| added p99 latency at {streams} streams <= {goal} ms | "
+            + (
+                f"{v:.3f} ms | {'yes' if v <= goal else 'no'} |"
+                if v is not None
+                else "not measured | ? |"
+            )
+        )
+    v = _get(lat, "ttfb", "added")
+    rows.append(
+        "| time to first byte adds <= 1.5 ms at one stream | "
+        + (
+            f"{v:.3f} ms | {'yes' if v <= 1.5 else 'no'} |"
+            if v is not None
+            else "not measured by bench_latency | ? |"
+        )
+    )
+    return rows
+
+
+def write_results(data: dict[str, Any], plots: list[str]) -> None:
+    m = data["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Generated by `python -m benchmarks` (`make bench`); do not edit by hand — "
+        "the optimisation log comes from benchmarks/NOTES.md.",
+        "",
+        f"- Command: `{data['command']}`",
+        f"- Date: {data['date']} (total {data['seconds']} s)",
+        "- Layout: server under test pinned to CPU 0, load generator pinned to CPU 1 "
+        "(`sched_setaffinity`), 127.0.0.1 only, RLIMIT_NOFILE raised to the hard limit "
+        f"({m['nofile'][1]}).",
+        "- Event loop: every server under test runs on **uvloop** "
+        f"({m['versions'].get('uvloop')}), and so does the load generator. Banners: "
+        + "; ".join(f"{LABELS.get(k, k)}: `{v}`" for k, v in data.get("banners", {}).items()),
+        "- The machine is shared and noisy: compare the ratios (taken within the same round), "
+        "not absolute numbers across runs.",
+        "",
+        "## Machine",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| nproc | {m['nproc']} |",
+        f"| CPU | {m['cpu']} |",
+        f"| kernel | {m['kernel']} |",
+        f"| Python | {m['python']} |",
+    ]
+    lines += [f"| {k} | {v} |" for k, v in m["versions"].items()]
+    lines += ["", "## Targets (issue 5)", ""] + targets(data["sections"]) + [""]
+    for name in BENCHES:
+        entry = data["sections"].get(name)
+        if entry is None:
+            lines += [f"## {TITLES[name]}", "", "Not run yet.", ""]
+        else:
+            lines.append(render_section(name, entry))
+    if plots:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    if NOTES_MD.exists():
+        lines += [NOTES_MD.read_text().rstrip(), ""]
+    RESULTS_MD.write_text("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a ~2-minute subset")
+    parser.add_argument("--only", help="comma-separated: " + ", ".join(BENCHES))
+    args = parser.parse_args(argv)
+    names = list(BENCHES)
+    if args.only:
+        names = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in names if n not in BENCHES]
+        if unknown:
+            parser.error(f"unknown benchmark(s): {', '.join(unknown)}")
+    raise_nofile()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    started = time.monotonic()
+    previous: dict[str, Any] = {}
+    if args.only and RESULTS_JSON.exists():
+        previous = json.loads(RESULTS_JSON.read_text()).get("sections", {})
+    sections = dict(previous)
+    for i, name in enumerate(names, 1):
+        log(f"[{i}/{len(names)}] {name} ...")
+        entry = run_one(name, args.quick)
+        entry["quick"] = args.quick
+        sections[name] = entry
+        log(f"[{i}/{len(names)}] {name}: {entry['status']} in {entry['seconds']} s")
+    banners = _get(sections, "throughput", "result", "banners") or {}
+    data = {
+        "command": "python -m benchmarks"
+        + (" --quick" if args.quick else "")
+        + (f" --only {args.only}" if args.only else ""),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "seconds": round(time.monotonic() - started, 1),
+        "machine": machine(),
+        "banners": banners,
+        "sections": sections,
+    }
+    RESULTS_JSON.write_text(json.dumps(_jsonable(data), indent=1))
+    plots: list[str] = []
+    for name in ("throughput", "concurrency"):
+        entry = sections.get(name)
+        if entry and entry["status"] == "ok":
+            try:
+                module = importlib.import_module(BENCHES[name])
+                plots += module.plot(entry["result"], BENCH_DIR)
+            except Exception as exc:
+                log(f"plot for {name} failed: {exc}")
+    write_results(data, plots)
+    log(f"wrote {RESULTS_MD} in {data['seconds']} s")
+    failed = [n for n in names if sections[n]["status"] != "ok"]
+    if failed:
+        log(f"failed: {', '.join(failed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The load generator: one uvloop process (pinned to CPU 1 by the harness) that counts events.
+
+It never parses events: it counts frame ends (``\\n\\n``) per connection, which
+is enough to check totals, time arrivals and measure throughput. Every
+connection is a raw asyncio Protocol speaking HTTP/1.1 with ``Connection:
+close``, so a stream ends when the server closes it.
+
+    python -m benchmarks._loadgen '{"mode": "throughput", ...}'
+
+Modes (the argument is JSON; the result is one JSON line on stdout):
+
+* ``throughput``: ``clients`` connections, each requesting streams of
+  ``events`` frames back to back; frames counted over ``window`` seconds after
+  ``warmup``; the server's CPU time (``/proc/<pid>/stat``) read at the same
+  instants.
+* ``paced``: ``clients`` streams at once (``interval_ms`` > 0); per frame the
+  lateness past the interval, and whether every stream completed.
+* ``idle``: open ``clients`` streams that go quiet, print ``ready``, wait for a
+  line on stdin, report heartbeats seen, close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+from typing import Any
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+class Conn(asyncio.Protocol):
+    def __init__(self, counter: list[int], times: bool) -> None:
+        self.frames = 0
+        self.nl = False
+        self.ok: bool | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.counter = counter
+        self.times: list[tuple[float, int]] | None = [] if times else None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        if self.ok is None:
+            self.ok = data.startswith(b"HTTP/1.1 200")
+        n = data.count(b"\n\n")
+        if self.nl and data[:1] == b"\n":
+            n += 1
+        self.nl = data[-1:] == b"\n" and data[-2:] != b"\n\n"
+        if n:
+            self.frames += n
+            self.counter[0] += n
+            if self.times is not None:
+                self.times.append((time.perf_counter(), n))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def open_stream(port: int, target: str, counter: list[int], times: bool = False) -> Conn:
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(lambda: Conn(counter, times), "127.0.0.1", port)
+    assert conn.transport is not None
+    conn.transport.write(
+        f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        "Accept: text/event-stream\r\nConnection: close\r\n\r\n".encode()
+    )
+    return conn
+
+
+async def throughput(a: dict[str, Any]) -> dict[str, Any]:
+    port, target, expected = a["port"], a["target"], a["expected"]
+    counter = [0]
+    stop = False
+    completed = bad = 0
+    conns: set[Conn] = set()
+
+    async def client() -> None:
+        nonlocal completed, bad
+        while not stop:
+            conn = await open_stream(port, target, counter)
+            conns.add(conn)
+            try:
+                await conn.done
+            finally:
+                conns.discard(conn)
+            if stop:
+                return
+            if conn.ok and conn.frames == expected:
+                completed += 1
+            else:
+                bad += 1
+                if bad <= 3:
+                    print(
+                        f"bad stream: ok={conn.ok} frames={conn.frames}/{expected}", file=sys.stderr
+                    )
+
+    tasks = [asyncio.ensure_future(client()) for _ in range(a["clients"])]
+    try:
+        await asyncio.sleep(a["warmup"])
+        c0, t0, s0 = counter[0], time.perf_counter(), cpu_seconds(a["pid"])
+        p0 = time.process_time()
+        await asyncio.sleep(a["window"])
+        c1, t1, s1 = counter[0], time.perf_counter(), cpu_seconds(a["pid"])
+        p1 = time.process_time()
+    finally:
+        stop = True
+        for conn in list(conns):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    events = c1 - c0
+    return {
+        "events": events,
+        "seconds": t1 - t0,
+        "events_per_s": events / (t1 - t0),
+        "server_cpu_s": s1 - s0,
+        "cpu_us_per_event": (s1 - s0) * 1e6 / events if events else None,
+        "client_cpu_s": p1 - p0,
+        "streams_completed": completed,
+        "streams_bad": bad,
+    }
+
+
+async def paced(a: dict[str, Any]) -> dict[str, Any]:
+    port, target, expected = a["port"], a["target"], a["expected"]
+    interval = a["interval_ms"] / 1000
+    counter = [0]
+    sem = asyncio.Semaphore(a.get("connect_batch", 256))
+    conns: list[Conn] = []
+    connect_errors = 0
+
+    async def one() -> None:
+        nonlocal connect_errors
+        async with sem:
+            try:
+                conn = await open_stream(port, target, counter, times=True)
+            except OSError:
+                connect_errors += 1
+                return
+        conns.append(conn)
+        await conn.done
+
+    tasks = [asyncio.ensure_future(one()) for _ in range(a["clients"])]
+    done, pending = await asyncio.wait(tasks, timeout=a["timeout"])
+    for conn in conns:
+        if not conn.done.done() and conn.transport is not None:
+            conn.transport.abort()
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    # Lateness of each chunk past the interval since the previous frame. Frames
+    # 0-2 (retry, start, first chunk) come at once, as does the last (done).
+    delays: list[float] = []
+    for conn in conns:
+        assert conn.times is not None
+        seen = 0
+        prev = 0.0
+        for t, n in conn.times:
+            for _ in range(n):
+                if 3 <= seen <= expected - 2:
+                    delays.append(max(0.0, t - prev - interval))
+                prev = t
+                seen += 1
+    complete = sum(1 for c in conns if c.ok and c.frames == expected)
+    return {
+        "clients": a["clients"],
+        "complete": complete,
+        "connect_errors": connect_errors,
+        "timed_out": len(pending),
+        "delays_ms": [round(d * 1000, 3) for d in delays],
+    }
+
+
+async def idle(a: dict[str, Any]) -> dict[str, Any]:
+    port, target = a["port"], a["target"]
+    counter = [0]
+    sem = asyncio.Semaphore(a.get("connect_batch", 256))
+    conns: list[Conn] = []
+    connect_errors = 0
+
+    async def one() -> None:
+        nonlocal connect_errors
+        async with sem:
+            try:
+                conns.append(await open_stream(port, target, counter))
+            except OSError:
+                connect_errors += 1
+
+    t0 = time.perf_counter()
+    await asyncio.wait_for(asyncio.gather(*(one() for _ in range(a["clients"]))), a["timeout"])
+    # Wait (bounded) until every stream sent its first frames and went quiet.
+    deadline = time.perf_counter() + a["timeout"]
+    while time.perf_counter() < deadline:
+        if all(c.frames >= a["first_frames"] for c in conns):
+            break
+        await asyncio.sleep(0.05)
+    ready = sum(1 for c in conns if c.frames >= a["first_frames"])
+    open_at_ready = sum(1 for c in conns if not c.done.done())
+    base = [c.frames for c in conns]
+    print(json.dumps({"ready": ready, "connect_s": time.perf_counter() - t0}), flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)
+    beats = sum(1 for c, b in zip(conns, base, strict=True) if c.frames > b)
+    still_open = sum(1 for c in conns if not c.done.done())
+    for c in conns:
+        if c.transport is not None:
+            c.transport.abort()
+    return {
+        "clients": a["clients"],
+        "ready": ready,
+        "open_at_ready": open_at_ready,
+        "still_open": still_open,
+        "got_heartbeat": beats,
+        "connect_errors": connect_errors,
+    }
+
+
+def main() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    args = json.loads(sys.argv[1])
+    import uvloop
+
+    mode = {"throughput": throughput, "paced": paced, "idle": idle}[args["mode"]]
+    result = uvloop.run(mode(args))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
