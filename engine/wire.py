@@ -88,6 +88,13 @@ class Options(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=Tr
 
     ``interval_ms`` and ``token_size`` drive the mock provider (a load-testing
     target); ``max_history`` trims what memory sends upstream, never what it stores.
+
+    ``tools`` are function tools in OpenAI Chat Completions' format,
+    ``{"type": "function", "function": {"name", "description"?, "parameters"?}}``,
+    and ``tool_choice`` is ``"none"``, ``"auto"``, ``"required"`` or
+    ``{"type": "function", "function": {"name": ...}}``; each provider maps
+    them onto its own format (the mock ignores them). Their shape is checked,
+    not their JSON Schemas: that is the upstream's business.
     """
 
     max_tokens: Annotated[int, Meta(ge=1, le=1_000_000)] | None = None
@@ -97,6 +104,55 @@ class Options(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=Tr
     interval_ms: Annotated[int, Meta(ge=0, le=60_000)] | None = None
     token_size: Annotated[int, Meta(ge=1, le=65_536)] | None = None
     max_history: Annotated[int, Meta(ge=0)] | None = None
+    tools: Annotated[list[dict[str, Any]], Meta(max_length=128)] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # Raised as ValueError, which msgspec reports as a ValidationError (422)
+        # when decoding; each message starts with the field it is about.
+        names: set[str] = set()
+        for index, tool in enumerate(self.tools or ()):
+            where = f"`tools[{index}]`"
+            if not isinstance(tool, dict) or tool.get("type") != "function":
+                raise ValueError(f'{where} must have "type": "function"')
+            function = tool.get("function")
+            if not isinstance(function, dict):
+                raise ValueError(f"{where} must have a `function` object")
+            name = function.get("name")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"{where} must have a non-empty string `function.name`")
+            if name in names:
+                raise ValueError(f"{where} repeats the function name {name!r}")
+            names.add(name)
+            if not isinstance(function.get("description", ""), str):
+                raise ValueError(f"{where} `function.description` must be a string")
+            if not isinstance(function.get("parameters", {}), dict):
+                raise ValueError(f"{where} `function.parameters` must be an object")
+        choice = self.tool_choice
+        if choice is None:
+            return
+        if isinstance(choice, str):
+            if choice not in ("none", "auto", "required"):
+                raise ValueError(
+                    '`tool_choice` must be "none", "auto", "required" or a function, '
+                    f"got {choice!r}"
+                )
+        else:
+            function = choice.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            if choice.get("type") != "function" or not isinstance(name, str):
+                raise ValueError(
+                    '`tool_choice` object must be {"type": "function", "function": {"name": ...}}'
+                )
+            if name not in names:
+                raise ValueError(f"`tool_choice` names {name!r}, which is not among `tools`")
+        if not names:
+            raise ValueError("`tool_choice` needs `tools`")
+
+    def tool_name(self) -> str | None:
+        """The function ``tool_choice`` forces, if it names one."""
+        choice = self.tool_choice
+        return str(choice["function"]["name"]) if isinstance(choice, dict) else None
 
 
 class SessionRef(Struct, kw_only=True, forbid_unknown_fields=True):

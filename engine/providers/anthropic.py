@@ -120,6 +120,27 @@ _reply_decoder = msgspec.json.Decoder(_ReplyView)
 _encoder = msgspec.json.Encoder()
 
 
+# https://docs.anthropic.com/en/docs/agents-and-tools/tool-use/implement-tool-use
+_TOOL_CHOICE = {"auto": "auto", "required": "any", "none": "none"}
+_NO_PARAMETERS = {"type": "object", "properties": {}}
+
+
+def _tool(function: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI function tool as an Anthropic tool (``input_schema`` is required)."""
+    tool: dict[str, Any] = {"name": function["name"]}
+    if function.get("description"):
+        tool["description"] = function["description"]
+    tool["input_schema"] = function.get("parameters") or _NO_PARAMETERS
+    return tool
+
+
+def _tool_choice(options: Options) -> dict[str, Any]:
+    name = options.tool_name()
+    if name is not None:
+        return {"type": "tool", "name": name}
+    return {"type": _TOOL_CHOICE[str(options.tool_choice)]}
+
+
 def _finish(reason: str | None) -> str | None:
     return None if reason is None else _FINISH.get(reason, reason)
 
@@ -236,6 +257,10 @@ class AnthropicProvider(HTTPProvider):
             body["stop_sequences"] = (
                 [options.stop] if isinstance(options.stop, str) else options.stop
             )
+        if options.tools:
+            body["tools"] = [_tool(tool["function"]) for tool in options.tools]
+            if options.tool_choice is not None:
+                body["tool_choice"] = _tool_choice(options)
         if stream:
             headers["Accept"] = "text/event-stream"
             body["stream"] = True

@@ -83,6 +83,26 @@ _decoder = msgspec.json.Decoder(_ResponseView)
 _encoder = msgspec.json.Encoder()
 
 
+# https://ai.google.dev/gemini-api/docs/function-calling
+_TOOL_MODES = {"auto": "AUTO", "required": "ANY", "none": "NONE"}
+
+
+def _declaration(function: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI function tool as a Gemini ``FunctionDeclaration``."""
+    return {
+        key: function[key]
+        for key in ("name", "description", "parameters")
+        if function.get(key) is not None
+    }
+
+
+def _calling_config(options: Options) -> dict[str, Any]:
+    name = options.tool_name()
+    if name is not None:
+        return {"mode": "ANY", "allowedFunctionNames": [name]}
+    return {"mode": _TOOL_MODES[str(options.tool_choice)]}
+
+
 def _usage(view: _UsageView | None) -> Usage | None:
     if view is None:
         return None
@@ -192,6 +212,11 @@ class GeminiProvider(HTTPProvider):
             )
         if config:
             body["generationConfig"] = config
+        if options.tools:
+            declarations = [_declaration(tool["function"]) for tool in options.tools]
+            body["tools"] = [{"functionDeclarations": declarations}]
+            if options.tool_choice is not None:
+                body["toolConfig"] = {"functionCallingConfig": _calling_config(options)}
         name = quote(model.removeprefix("models/"), safe="-._~")
         if stream:
             url = f"{self.base_url}/v1beta/models/{name}:streamGenerateContent"

@@ -153,6 +153,11 @@ class OpenAIProvider(HTTPProvider):
             headers["OpenAI-Organization"] = self.settings.organization
         body: dict[str, Any] = {"model": model, "messages": messages}
         body.update(options_dict(options, _OPTIONS))
+        if options.tools:
+            # Already in this API's format: passed as they came.
+            body["tools"] = options.tools
+            if options.tool_choice is not None:
+                body["tool_choice"] = options.tool_choice
         if stream:
             headers["Accept"] = "text/event-stream"
             body["stream"] = True
