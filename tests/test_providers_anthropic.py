@@ -14,6 +14,16 @@ from engine.sse import ServerSentEvent
 from engine.testing import FakeAnthropic, Script, ToolCall, serve
 from engine.wire import Message, Options
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+CLOCK = {"type": "function", "function": {"name": "clock"}}  # no description, no parameters
+
 KEY = "sk-ant-test"
 MESSAGES = [
     Message(role="system", content="Be brief."),
@@ -91,6 +101,34 @@ async def test_tool_use_blocks_are_carried_as_tool_call_deltas(env):
     assert reply.content == "Checking."
     assert reply.tool_calls is not None
     assert json.loads(reply.tool_calls[0]["function"]["arguments"]) == {"q": "x"}
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        (None, None),
+        ("auto", {"type": "auto"}),
+        ("required", {"type": "any"}),
+        ("none", {"type": "none"}),
+        ({"type": "function", "function": {"name": "clock"}}, {"type": "tool", "name": "clock"}),
+    ],
+)
+async def test_tools_and_tool_choice_are_mapped(env, choice, expected):
+    fake, provider = env
+    options = Options(tools=[WEATHER, CLOCK], tool_choice=choice)
+    [c async for c in provider.stream(MESSAGES, options=options)]
+    await provider.send(MESSAGES, options=options)
+    for rec in fake.requests:
+        assert rec.json["tools"] == [
+            {
+                "name": "get_weather",
+                "description": "The weather in a city.",
+                "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+            },
+            # input_schema is required: an empty object schema when there is none.
+            {"name": "clock", "input_schema": {"type": "object", "properties": {}}},
+        ]
+        assert rec.json.get("tool_choice") == expected
 
 
 def _events(*pairs: tuple[str, dict]) -> list[ServerSentEvent]:

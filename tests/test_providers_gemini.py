@@ -14,6 +14,16 @@ from engine.sse import ServerSentEvent
 from engine.testing import FakeGemini, Script, ToolCall, serve
 from engine.wire import Message, Options
 
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+CLOCK = {"type": "function", "function": {"name": "clock"}}  # no description, no parameters
+
 KEY = "AIza-test"
 MESSAGES = [
     Message(role="system", content="Be brief."),
@@ -86,6 +96,46 @@ async def test_function_calls_are_carried(env):
         {"index": 0, "type": "function", "function": {"name": "f", "arguments": '{"n": 1}'}}
     ]
     assert chunks[-1].finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        (None, None),
+        ("auto", {"mode": "AUTO"}),
+        ("required", {"mode": "ANY"}),
+        ("none", {"mode": "NONE"}),
+        (
+            {"type": "function", "function": {"name": "clock"}},
+            {"mode": "ANY", "allowedFunctionNames": ["clock"]},
+        ),
+    ],
+)
+async def test_tools_and_tool_choice_are_mapped(env, choice, expected):
+    fake, provider = env
+    options = Options(tools=[WEATHER, CLOCK], tool_choice=choice)
+    [c async for c in provider.stream(MESSAGES, options=options)]
+    await provider.send(MESSAGES, options=options)
+    for rec in fake.requests:
+        assert rec.json["tools"] == [
+            {
+                "functionDeclarations": [
+                    {
+                        "name": "get_weather",
+                        "description": "The weather in a city.",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"city": {"type": "string"}},
+                        },
+                    },
+                    {"name": "clock"},
+                ]
+            }
+        ]
+        if expected is None:
+            assert "toolConfig" not in rec.json
+        else:
+            assert rec.json["toolConfig"] == {"functionCallingConfig": expected}
 
 
 def _event(obj: dict) -> ServerSentEvent:

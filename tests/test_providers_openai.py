@@ -8,10 +8,20 @@ import aiohttp
 import pytest
 
 from engine.config import ProviderSettings
-from engine.errors import UpstreamError
+from engine.errors import InvalidFields, UpstreamError
 from engine.providers.openai import OpenAIProvider
 from engine.testing import FakeOpenAI, Script, ToolCall, serve
 from engine.wire import Message, Options
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+CLOCK = {"type": "function", "function": {"name": "clock"}}  # no description, no parameters
 
 KEY = "sk-openai-test"
 MESSAGES = [
@@ -85,6 +95,50 @@ async def test_tool_call_deltas_are_carried_not_dropped(env):
     assert reply.tool_calls is not None
     assert json.loads(reply.tool_calls[0]["function"]["arguments"]) == {"city": "Paris"}
     assert reply.finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    "choice", ["auto", "none", "required", {"type": "function", "function": {"name": "clock"}}]
+)
+async def test_tools_and_tool_choice_are_passed_as_they_are(env, choice):
+    fake, provider = env
+    options = Options(tools=[WEATHER, CLOCK], tool_choice=choice)
+    [c async for c in provider.stream(MESSAGES, options=options)]
+    await provider.send(MESSAGES, options=options)
+    for rec in fake.requests:
+        assert rec.json["tools"] == [WEATHER, CLOCK]
+        assert rec.json["tool_choice"] == choice
+
+
+async def test_tools_without_tool_choice_send_no_tool_choice(env):
+    fake, provider = env
+    await provider.send(MESSAGES, tools=[CLOCK])
+    (rec,) = fake.requests
+    assert rec.json["tools"] == [CLOCK]
+    assert "tool_choice" not in rec.json
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        ({"tools": [{"type": "retrieval"}]}, r'`tools\[0\]` must have "type": "function"'),
+        ({"tools": [{"type": "function", "function": {}}]}, "function.name"),
+        ({"tools": [CLOCK, CLOCK]}, "repeats the function name 'clock'"),
+        ({"tools": [{**CLOCK, "function": {"name": "c", "parameters": "x"}}]}, "parameters"),
+        ({"tools": "clock"}, "Expected `array"),
+        ({"tools": [CLOCK], "tool_choice": "sometimes"}, "tool_choice"),
+        ({"tools": [CLOCK], "tool_choice": {"type": "function"}}, "tool_choice"),
+        ({"tools": [CLOCK], "tool_choice": {"function": {"name": "clock"}}}, "tool_choice"),
+        ({"tools": [CLOCK], "tool_choice": {"type": "function", "function": {"name": "x"}}}, "'x'"),
+        ({"tool_choice": "auto"}, "`tool_choice` needs `tools`"),
+    ],
+)
+async def test_a_bad_tool_is_invalid_fields_and_nothing_is_sent(env, extra, match):
+    fake, provider = env
+    with pytest.raises(InvalidFields, match=match) as info:
+        await provider.send(MESSAGES, **extra)
+    assert info.value.status == 422
+    assert fake.requests == []
 
 
 async def test_upstream_model_name_is_reported(env):
