@@ -28,11 +28,15 @@ status the SDKs key their exception classes on; after, as a
 Memory: ``X-Session-Parent`` and ``X-Session-Id`` attach conversation memory
 exactly as ``session`` does on ``/v1/chat/stream``.
 
-Not passed upstream (the provider interface has no way to carry them yet):
-``tools``/``tool_choice`` and tool messages are refused with a 400 rather than
-dropped, since a model that silently cannot call its tools answers differently;
-``user``, ``name`` and OpenAI fields this module does not declare (``seed``,
-``presence_penalty``, ...) are accepted and ignored.
+Tools: ``tools`` (function tools) and ``tool_choice`` go into
+:class:`~engine.wire.Options`, which each provider maps onto its own format
+(the mock ignores them); tool-call deltas come back in ``delta.tool_calls``.
+Not passed upstream (the engine's messages have no way to carry them yet):
+``tool`` messages and assistant messages with ``tool_calls``, that is the
+results of a tool call, are refused with a 400 rather than dropped, since a
+model that silently loses them answers differently. ``user``, ``name`` and
+OpenAI fields this module does not declare (``seed``, ``presence_penalty``,
+``parallel_tool_calls``, ...) are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -99,9 +103,8 @@ class StreamOptions(Struct, kw_only=True):
 class CompletionRequest(Struct, kw_only=True):
     """The body of ``POST /v1/chat/completions``, as far as the gateway reads it.
 
-    ``tools`` and ``tool_choice`` are carried so the handler can refuse them
-    explicitly; undeclared fields are ignored, as lenient OpenAI-compatible
-    servers do.
+    ``tools`` and ``tool_choice`` are checked by :class:`~engine.wire.Options`;
+    undeclared fields are ignored, as lenient OpenAI-compatible servers do.
     """
 
     model: str
@@ -315,19 +318,24 @@ _ROLES: dict[str, Role] = {
 def to_messages(messages: list[RequestMessage]) -> list[Message]:
     """The engine's messages.
 
-    Raises :class:`InvalidFields` for tool messages and tool calls, which no
-    provider can be given yet.
+    Raises :class:`InvalidFields` for tool messages and assistant tool calls
+    (tool results in a conversation), which no provider can be given yet.
     """
     out: list[Message] = []
     for index, message in enumerate(messages):
         role = _ROLES.get(message.role)
         if role is None or message.tool_calls:
             raise InvalidFields(
-                "tool calling is not supported by this gateway yet: messages with role "
-                f"`tool` or with `tool_calls` cannot be sent upstream - at `$.messages[{index}]`"
+                "tool results are not supported by this gateway yet: `tools` are passed "
+                f"upstream, but messages with role `{message.role}` or with `tool_calls` "
+                f"cannot be - at `$.messages[{index}]`"
             )
         out.append(Message(role=role, content=_text(message)))
     return out
+
+
+# The first words of a message from Options' own checks ("`tools[0]` must ...").
+_CHECKED_FIELD = re.compile(r"`(tools|tool_choice)\b")
 
 
 def to_options(body: CompletionRequest) -> Options:
@@ -336,16 +344,26 @@ def to_options(body: CompletionRequest) -> Options:
     source = "max_completion_tokens"
     if max_tokens is None:
         max_tokens, source = body.max_tokens, "max_tokens"
+    tools = body.tools or None  # an empty list is no tools
+    tool_choice = body.tool_choice
+    if not tools and tool_choice in ("none", "auto"):
+        tool_choice = None  # harmless without tools, and some clients always send it
     raw = {
         "max_tokens": max_tokens,
         "temperature": body.temperature,
         "top_p": body.top_p,
         "stop": body.stop,
+        "tools": tools,
+        "tool_choice": tool_choice,
     }
     try:
         return msgspec.convert({k: v for k, v in raw.items() if v is not None}, Options)
     except msgspec.ValidationError as exc:
         message = str(exc).replace("$.max_tokens", f"$.{source}")
+        named = _CHECKED_FIELD.match(message)
+        if named and "- at `$." not in message:
+            # Options' own checks name their field first but give no path.
+            message += f" - at `$.{named.group(1)}`"
         raise InvalidFields(f"Invalid value: {message}") from exc
 
 
@@ -353,13 +371,6 @@ def check(body: CompletionRequest) -> None:
     """Refuse what the gateway cannot honour instead of ignoring it."""
     if body.n is not None and body.n != 1:
         raise InvalidFields(f"only n=1 is supported, got n={body.n} - at `$.n`")
-    if body.tools:
-        raise InvalidFields(
-            "tools are not supported by this gateway yet: the provider interface "
-            "cannot pass them upstream - at `$.tools`"
-        )
-    if body.tool_choice not in (None, "none", "auto"):
-        raise InvalidFields("tool_choice needs tools, which are not supported - at `$.tool_choice`")
 
 
 def session_from_headers(request: web.Request) -> SessionRef | None:

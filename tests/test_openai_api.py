@@ -32,13 +32,28 @@ from engine.errors import (
 from engine.gateway import Engine
 from engine.providers.base import ChunkStream, Provider
 from engine.providers.mock import mock_text
-from engine.testing import FAKES, Script, serve
+from engine.testing import FAKES, Script, ToolCall, serve
 from engine.wire import Message, Options
 
 from .helpers import ScriptedProvider, make_config
 
 HI = [{"role": "user", "content": "hi"}]
 ERROR_KEYS = {"message", "type", "param", "code"}
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+FORCE_WEATHER = {"type": "function", "function": {"name": "get_weather"}}
+FORCE_CLOCK = {"type": "function", "function": {"name": "clock"}}  # not among the tools
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+}
 
 
 @dataclass
@@ -192,6 +207,90 @@ async def test_request_maps_onto_messages_and_options(gateway):
     ]
     assert options == Options(max_tokens=7, temperature=0.5, top_p=0.9, stop=["END"])
     assert options2 == Options(max_tokens=3, stop="S")
+
+
+async def test_tools_and_tool_choice_map_onto_options(gateway):
+    provider = ScriptedProvider(["ok"])
+    gw = await gateway(provider)
+    await gw.sdk.chat.completions.create(
+        model="scripted/x", messages=HI, tools=[WEATHER], tool_choice=FORCE_WEATHER
+    )
+    await gw.sdk.chat.completions.create(
+        model="scripted/x", messages=HI, tools=[WEATHER], tool_choice="required", stream=True
+    )
+    # "none"/"auto" without tools mean nothing: dropped, not refused; [] is no tools.
+    await gw.sdk.chat.completions.create(model="scripted/x", messages=HI, tool_choice="auto")
+    await gw.sdk.chat.completions.create(
+        model="scripted/x", messages=HI, tools=[], tool_choice="none"
+    )
+    options = [o for _, o in provider.requests]
+    assert options == [
+        Options(tools=[WEATHER], tool_choice=FORCE_WEATHER),
+        Options(tools=[WEATHER], tool_choice="required"),
+        Options(),
+        Options(),
+    ]
+
+
+async def test_a_bad_tool_raises_bad_request_error(gateway):
+    gw = await gateway()
+    bad = {"type": "function", "function": {"description": "no name"}}
+    with pytest.raises(openai.BadRequestError) as info:
+        await gw.sdk.chat.completions.create(model="mock/x", messages=HI, tools=[bad])
+    assert info.value.param == "tools"
+    assert "`tools[0]` must have a non-empty string `function.name`" in info.value.message
+
+
+async def test_tool_results_are_refused_naming_why(gateway):
+    gw = await gateway()
+    messages = [
+        *HI,
+        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    with pytest.raises(openai.BadRequestError) as info:
+        await gw.sdk.chat.completions.create(model="mock/x", messages=messages, tools=[WEATHER])
+    assert info.value.param == "messages"
+    assert "tool results are not supported" in info.value.message
+    assert "$.messages[1]" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        (
+            {"json": {"messages": HI, "options": {"tools": [{"type": "retrieval"}]}}},
+            '`tools[0]` must have "type": "function"',
+        ),
+        (
+            {"json": {"messages": HI, "options": {"tools": [WEATHER], "tool_choice": 1}}},
+            "tool_choice",
+        ),
+        ({"json": {"messages": HI, "options": {"tool_choice": "auto"}}}, "needs `tools`"),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/stream"])
+async def test_a_bad_tool_on_the_native_endpoints_is_422(gateway, path, kwargs, needle):
+    gw = await gateway()
+    resp = await gw.raw.post(path, **kwargs)
+    assert resp.status == 422
+    body = await resp.json()
+    assert body["type"] == "invalid_fields"
+    assert needle in body["message"]
+
+
+@pytest.mark.parametrize(
+    ("query", "needle"),
+    [
+        ({"tools": "get_weather"}, "Expected `array | null`, got `str` - at `$.tools`"),
+        ({"tool_choice": "auto"}, "`tool_choice` needs `tools`"),
+    ],
+)
+async def test_tools_in_a_query_string_are_422(gateway, query, needle):
+    gw = await gateway()
+    resp = await gw.raw.get("/v1/chat/stream", params={"q": "hi", **query})
+    assert resp.status == 422
+    assert needle in (await resp.json())["message"]
 
 
 async def test_models_lists_the_configured_providers(gateway):
@@ -426,11 +525,31 @@ GOOD = {"model": "mock/x", "messages": HI}
         ({"json": {**GOOD, "max_completion_tokens": 0}}, 400, "max_completion_tokens"),
         ({"json": {**GOOD, "max_tokens": 0}}, 400, "max_tokens"),
         (
-            {"json": {**GOOD, "tools": [{"type": "function", "function": {"name": "f"}}]}},
+            {
+                "json": {
+                    **GOOD,
+                    "messages": [
+                        *HI,
+                        {"role": "assistant", "content": None, "tool_calls": [CALL]},
+                    ],
+                    "tools": [WEATHER],
+                }
+            },
             400,
-            "tools",
+            "messages",
         ),
+        ({"json": {**GOOD, "tools": "get_weather"}}, 400, "tools"),
+        ({"json": {**GOOD, "tools": [{"type": "retrieval"}]}}, 400, "tools"),
+        ({"json": {**GOOD, "tools": [{"type": "function", "function": {}}]}}, 400, "tools"),
+        ({"json": {**GOOD, "tools": [WEATHER, WEATHER]}}, 400, "tools"),
         ({"json": {**GOOD, "tool_choice": "required"}}, 400, "tool_choice"),
+        ({"json": {**GOOD, "tools": [WEATHER], "tool_choice": "always"}}, 400, "tool_choice"),
+        (
+            {"json": {**GOOD, "tools": [WEATHER], "tool_choice": {"type": "function"}}},
+            400,
+            "tool_choice",
+        ),
+        ({"json": {**GOOD, "tools": [WEATHER], "tool_choice": FORCE_CLOCK}}, 400, "tool_choice"),
         ({"json": {**GOOD, "model": "nope/x"}}, 404, "model"),
         ({"json": GOOD, "headers": {"X-Session-Parent": "ChatSession"}}, 400, None),
         (
@@ -597,6 +716,79 @@ async def test_each_provider_answers_whole_through_the_gateway(upstream):
     assert reply.usage is not None
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (9, 4)
     assert reply.model == f"{name}/test-model"
+
+
+#: What each fake upstream must receive for ``tools=[WEATHER], tool_choice=FORCE_WEATHER``.
+MAPPED_TOOLS = {
+    "openai": {"tools": [WEATHER], "tool_choice": FORCE_WEATHER},
+    "anthropic": {
+        "tools": [
+            {
+                "name": "get_weather",
+                "description": "The weather in a city.",
+                "input_schema": WEATHER["function"]["parameters"],
+            }
+        ],
+        "tool_choice": {"type": "tool", "name": "get_weather"},
+    },
+    "gemini": {
+        "tools": [{"functionDeclarations": [WEATHER["function"]]}],
+        "toolConfig": {
+            "functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest.mark.parametrize("upstream", PROVIDER_NAMES, indirect=True)
+async def test_each_provider_receives_the_tools_in_its_format(upstream, stream):
+    name, fake, gw = upstream
+    reply = await gw.sdk.chat.completions.create(
+        model=f"{name}/m", messages=HI, tools=[WEATHER], tool_choice=FORCE_WEATHER, stream=stream
+    )
+    if stream:
+        await read_stream(reply)
+    (rec,) = fake.requests
+    expected = MAPPED_TOOLS[name]
+    assert {key: rec.json.get(key) for key in expected} == expected
+    assert set(rec.json) & {"tools", "tool_choice", "toolConfig"} == set(expected)
+
+
+@pytest.mark.parametrize("upstream", PROVIDER_NAMES, indirect=True)
+async def test_each_provider_receives_the_tools_from_the_native_endpoint(upstream):
+    name, fake, gw = upstream
+    options = {"tools": [WEATHER], "tool_choice": FORCE_WEATHER}
+    resp = await gw.raw.post(
+        "/v1/chat", json={"provider": name, "messages": HI, "options": options}
+    )
+    assert resp.status == 200
+    (rec,) = fake.requests
+    expected = MAPPED_TOOLS[name]
+    assert {key: rec.json.get(key) for key in expected} == expected
+
+
+@pytest.mark.parametrize("upstream", PROVIDER_NAMES, indirect=True)
+async def test_each_provider_tool_calls_reach_the_sdk(upstream):
+    name, fake, gw = upstream
+    fake.push(
+        Script(tokens=["Checking."], tool_call=ToolCall(name="get_weather"), finish="tool_calls"),
+        Script(tokens=["Checking."], tool_call=ToolCall(name="get_weather"), finish="tool_calls"),
+    )
+    stream = await gw.sdk.chat.completions.create(
+        model=f"{name}/m", messages=HI, tools=[WEATHER], stream=True
+    )
+    chunks = await read_stream(stream)
+    calls = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
+    assert [c.function.name for c in calls if c.function and c.function.name] == ["get_weather"]
+    arguments = "".join(c.function.arguments or "" for c in calls if c.function)
+    assert json.loads(arguments) == {"city": "Paris"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    reply = await gw.sdk.chat.completions.create(model=f"{name}/m", messages=HI, tools=[WEATHER])
+    (call,) = reply.choices[0].message.tool_calls or []
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    assert reply.choices[0].finish_reason == "tool_calls"
 
 
 @pytest.mark.parametrize("stream", [True, False])
