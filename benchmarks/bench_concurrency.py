@@ -123,7 +123,7 @@ def paced(server: Server, clients: int, chunks: int) -> dict[str, Any]:
         and r["p99_ms"] <= STABLE_P99_MS
     )
     # Keep a thinned CDF for the plot (every k-th sorted delay).
-    step = max(1, len(delays) // 2000)
+    step = max(1, len(delays) // 400)
     r["cdf_ms"] = delays[::step]
     return r
 
