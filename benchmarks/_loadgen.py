@@ -144,6 +144,9 @@ async def paced(a: dict[str, Any]) -> dict[str, Any]:
     conns: list[Conn] = []
     connect_errors = 0
 
+    all_open = asyncio.Event()
+    first_done = asyncio.Event()
+
     async def one() -> None:
         nonlocal connect_errors
         async with sem:
@@ -151,12 +154,33 @@ async def paced(a: dict[str, Any]) -> dict[str, Any]:
                 conn = await open_stream(port, target, counter, times=True)
             except OSError:
                 connect_errors += 1
-                return
-        conns.append(conn)
-        await conn.done
+                conn = None
+        if conn is not None:
+            conns.append(conn)
+        if len(conns) + connect_errors == a["clients"]:
+            all_open.set()
+        if conn is not None:
+            await conn.done
+            first_done.set()
 
+    # Server CPU over the steady part: from the moment every stream is open to
+    # the moment the first one ends (all of them streaming at once).
+    steady: list[tuple[float, float]] = []
+
+    async def watch() -> None:
+        await all_open.wait()
+        steady.append((cpu_seconds(a["pid"]), time.perf_counter()))
+        await first_done.wait()
+        steady.append((cpu_seconds(a["pid"]), time.perf_counter()))
+
+    watcher = asyncio.ensure_future(watch())
+    s0, t0 = cpu_seconds(a["pid"]), time.perf_counter()
     tasks = [asyncio.ensure_future(one()) for _ in range(a["clients"])]
     done, pending = await asyncio.wait(tasks, timeout=a["timeout"])
+    s1, t1 = cpu_seconds(a["pid"]), time.perf_counter()
+    watcher.cancel()
+    if len(steady) == 2 and steady[1][1] - steady[0][1] >= 0.3:
+        (s0, t0), (s1, t1) = steady
     for conn in conns:
         if not conn.done.done() and conn.transport is not None:
             conn.transport.abort()
@@ -165,24 +189,37 @@ async def paced(a: dict[str, Any]) -> dict[str, Any]:
     await asyncio.gather(*tasks, return_exceptions=True)
     # Lateness of each chunk past the interval since the previous frame. Frames
     # 0-2 (retry, start, first chunk) come at once, as does the last (done).
+    # Per stream, the mean gap between its first and last chunk: a server that
+    # is overloaded slows every stream (the mock sleeps after each write), which
+    # per-chunk lateness alone would not show.
     delays: list[float] = []
+    gaps: list[float] = []
     for conn in conns:
         assert conn.times is not None
         seen = 0
-        prev = 0.0
+        prev = first = last = 0.0
         for t, n in conn.times:
             for _ in range(n):
                 if 3 <= seen <= expected - 2:
                     delays.append(max(0.0, t - prev - interval))
+                if seen == 2:
+                    first = t
+                elif seen == expected - 2:
+                    last = t
                 prev = t
                 seen += 1
+        if seen >= expected - 1 and expected > 4:
+            gaps.append((last - first) / (expected - 4))
     complete = sum(1 for c in conns if c.ok and c.frames == expected)
     return {
         "clients": a["clients"],
         "complete": complete,
         "connect_errors": connect_errors,
         "timed_out": len(pending),
+        "server_cpu_share": (s1 - s0) / (t1 - t0),
+        "steady_s": t1 - t0,
         "delays_ms": [round(d * 1000, 3) for d in delays],
+        "mean_gap_ms": [round(g * 1000, 3) for g in gaps],
     }
 
 
