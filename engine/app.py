@@ -38,6 +38,7 @@ from .errors import (
 from .gateway import Engine
 from .memory import Conversation
 from .sse import encode_json
+from .stream import next_ready
 from .wire import ChatRequest, DoneEvent, ErrorEvent, Message, Options, SessionRef, StartEvent
 
 __all__ = ["ENGINE", "create_app", "error_middleware"]
@@ -49,6 +50,10 @@ ENGINE = web.AppKey("engine", Engine)
 
 T = TypeVar("T")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: Most chunk frames joined into one write: bounds how long the first of a burst
+#: waits for the others to be framed (microseconds each).
+_MAX_BATCH = 64
 
 # Query parameters of GET /v1/chat/stream that are not generation options.
 _QUERY_FIELDS = frozenset({"q", "provider", "model", "parent", "parent_id"})
@@ -239,15 +244,41 @@ async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamRes
                 n = 0
                 finish_reason = None
                 usage = None
-                async for chunk in chunks:
+                # Chunks the provider has ready at once (one upstream read holds
+                # several events; the mock at interval 0 yields 32 at a time) go
+                # out in one write, made the moment it would wait: one syscall
+                # per burst, and no event waits for a later one (next_ready).
+                batch: list[bytes] = []
+                batch_text: list[str] = []
+
+                async def flush() -> None:
+                    if batch:
+                        frames = batch[0] if len(batch) == 1 else b"".join(batch)
+                        batch.clear()
+                        await stream.send_frame(frames)
+                        if batch_text:
+                            seen.extend(batch_text)  # only what reached the socket
+                            batch_text.clear()
+
+                while True:
+                    try:
+                        chunk = await next_ready(chunks, flush)
+                    except StopAsyncIteration:
+                        break
+                    except Exception:
+                        await flush()  # what came before the failure goes out first
+                        raise
                     n += 1
-                    await stream.send_frame(encode_json(chunk, id=f"{sid}:{n}"))
+                    batch.append(encode_json(chunk, id=f"{sid}:{n}"))
                     if memory is not None:
-                        seen.append(chunk.content)
+                        batch_text.append(chunk.content)
                     if chunk.finish_reason is not None:
                         finish_reason = chunk.finish_reason
                     if chunk.usage is not None:
                         usage = chunk.usage
+                    if len(batch) >= _MAX_BATCH:
+                        await flush()
+                await flush()
                 if memory is not None:
                     # Stored before `done`, so `done` means the reply is saved.
                     await memory.store_reply("".join(seen), {"stream_id": sid})

@@ -28,9 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 from aiohttp.http_writer import StreamWriter
@@ -38,7 +38,13 @@ from aiohttp.http_writer import StreamWriter
 from .errors import ClientDisconnectedError, EngineError, ShuttingDown
 from .sse import encode, encode_comment, encode_json, encode_retry
 
-__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_SEND_TIMEOUT", "EventStream", "StreamSupervisor"]
+__all__ = [
+    "DEFAULT_HEARTBEAT",
+    "DEFAULT_SEND_TIMEOUT",
+    "EventStream",
+    "StreamSupervisor",
+    "next_ready",
+]
 
 log = logging.getLogger("engine.stream")
 
@@ -57,6 +63,83 @@ SSE_HEADERS: Mapping[str, str] = {
 
 _KEEPALIVE = encode_comment("keepalive")
 _DONE = {"type": "done"}
+
+
+T = TypeVar("T")
+
+
+class _Resume:
+    """Await a step that already ran once and is suspended on ``pending``.
+
+    It relays what the step yields to the task and what the task sends or
+    throws back (a result, a cancellation) to the step, exactly as ``await``
+    would have from the start.
+    """
+
+    __slots__ = ("_pending", "_step")
+
+    def __init__(self, step: Any, pending: Any) -> None:
+        self._step = step
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        step = self._step
+        pending = self._pending
+        self._pending = None
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                step.close()
+                raise
+            except BaseException as exc:
+                try:
+                    pending = step.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+            else:
+                try:
+                    pending = step.send(sent)
+                except StopIteration as stop:
+                    return stop.value
+
+
+async def next_ready(iterator: AsyncIterator[T], before_wait: Callable[[], Awaitable[None]]) -> T:
+    """``await anext(iterator)``, calling ``before_wait()`` first if, and only if, it must wait.
+
+    This is how already-produced events are coalesced without delaying any: a
+    caller collects the frames of the items that were ready at once and writes
+    them in ``before_wait``, the moment the iterator would suspend (for the
+    upstream, a timer, or a yield to the loop). The iterator's step is run one
+    step eagerly; when it suspends, ``before_wait()`` runs and the step is then
+    awaited where it stopped.
+
+    Raises ``StopAsyncIteration`` at the end, what the iterator raises, and
+    what ``before_wait()`` raises (the pending step then gets a cancellation,
+    as if the task had been cancelled while awaiting it).
+    """
+    step = iterator.__anext__()
+    send = getattr(step, "send", None)
+    if send is None:  # an awaitable that is not a coroutine: no eager step
+        await before_wait()
+        return await step
+    try:
+        pending = send(None)
+    except StopIteration as stop:
+        return cast(T, stop.value)
+    try:
+        await before_wait()
+    except BaseException:
+        # Closing the step would leave an async generator marked as running
+        # (its aclose() would then fail); cancel it the way a task would.
+        try:
+            step.throw(asyncio.CancelledError())  # type: ignore[attr-defined]
+        except BaseException:  # it ends, usually with that cancellation
+            pass
+        else:
+            step.close()  # type: ignore[attr-defined]
+        raise
+    return cast(T, await _Resume(step, pending))
 
 
 class StreamSupervisor:
