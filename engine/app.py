@@ -226,6 +226,7 @@ async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamRes
     memory, messages = await _attach_memory(engine, body)
     # Returns once the upstream accepted: a refusal is still a JSON error.
     chunks = await provider.open(messages, model=body.model, options=body.options)
+    del body, messages  # not needed while streaming: an idle stream holds less
     sid = uuid.uuid4().hex
     stream = engine.sse(request)
     seen: list[str] = []  # what the client was sent, for memory
@@ -248,18 +249,7 @@ async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamRes
                 # several events; the mock at interval 0 yields 32 at a time) go
                 # out in one write, made the moment it would wait: one syscall
                 # per burst, and no event waits for a later one (next_ready).
-                batch: list[bytes] = []
-                batch_text: list[str] = []
-
-                async def flush() -> None:
-                    if batch:
-                        frames = batch[0] if len(batch) == 1 else b"".join(batch)
-                        batch.clear()
-                        await stream.send_frame(frames)
-                        if batch_text:
-                            seen.extend(batch_text)  # only what reached the socket
-                            batch_text.clear()
-
+                flush = stream.flush
                 while True:
                     try:
                         chunk = await next_ready(chunks, flush)
@@ -269,14 +259,14 @@ async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamRes
                         await flush()  # what came before the failure goes out first
                         raise
                     n += 1
-                    batch.append(encode_json(chunk, id=f"{sid}:{n}"))
+                    stream.queue_frame(encode_json(chunk, id=f"{sid}:{n}"))
                     if memory is not None:
-                        batch_text.append(chunk.content)
+                        seen.append(chunk.content)
                     if chunk.finish_reason is not None:
                         finish_reason = chunk.finish_reason
                     if chunk.usage is not None:
                         usage = chunk.usage
-                    if len(batch) >= _MAX_BATCH:
+                    if stream.queued >= _MAX_BATCH:
                         await flush()
                 await flush()
                 if memory is not None:
@@ -289,6 +279,8 @@ async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamRes
     finally:
         # `memory` is None once the whole reply was stored.
         if memory is not None and seen:
+            if stream.queued:  # framed, never written: the user did not see them
+                del seen[-stream.queued :]
             await _store_partial(memory, seen, sid, stream.end_reason)
     return stream.response or web.Response(status=499)
 

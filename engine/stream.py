@@ -30,7 +30,7 @@ import logging
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.http_writer import StreamWriter
@@ -68,24 +68,46 @@ _DONE = {"type": "done"}
 T = TypeVar("T")
 
 
-class _Resume:
-    """Await a step that already ran once and is suspended on ``pending``.
+class _NextReady:
+    """The awaitable :func:`next_ready` returns: one small object and one frame.
 
-    It relays what the step yields to the task and what the task sends or
-    throws back (a result, a cancellation) to the step, exactly as ``await``
-    would have from the start.
+    While the step waits, it relays what the step yields to the task and what
+    the task sends or throws back (a result, a cancellation) to the step,
+    exactly as ``await`` would have from the start.
     """
 
-    __slots__ = ("_pending", "_step")
+    __slots__ = ("_before_wait", "_iterator")
 
-    def __init__(self, step: Any, pending: Any) -> None:
-        self._step = step
-        self._pending = pending
+    def __init__(self, iterator: AsyncIterator[Any], before_wait: Callable[[], Awaitable[None]]):
+        self._iterator = iterator
+        self._before_wait = before_wait
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        step = self._step
-        pending = self._pending
-        self._pending = None
+        step: Any = self._iterator.__anext__()
+        before_wait = self._before_wait
+        # An idle stream waits here for a long time: hold nothing it no longer needs.
+        self._iterator = self._before_wait = None  # type: ignore[assignment]
+        send = getattr(step, "send", None)
+        if send is None:  # an awaitable that is not a coroutine: no eager step
+            yield from before_wait().__await__()
+            return (yield from step.__await__())
+        try:
+            pending = send(None)
+        except StopIteration as stop:
+            return stop.value
+        try:
+            yield from before_wait().__await__()
+        except BaseException:
+            # Closing the step would leave an async generator marked as running
+            # (its aclose() would then fail); cancel it the way a task would.
+            try:
+                step.throw(asyncio.CancelledError())
+            except BaseException:  # it ends, usually with that cancellation
+                pass
+            else:
+                step.close()
+            raise
+        del before_wait
         while True:
             try:
                 sent = yield pending
@@ -99,47 +121,28 @@ class _Resume:
                     return stop.value
             else:
                 try:
-                    pending = step.send(sent)
+                    pending = send(sent)
                 except StopIteration as stop:
                     return stop.value
 
 
-async def next_ready(iterator: AsyncIterator[T], before_wait: Callable[[], Awaitable[None]]) -> T:
-    """``await anext(iterator)``, calling ``before_wait()`` first if, and only if, it must wait.
+def next_ready(
+    iterator: AsyncIterator[T], before_wait: Callable[[], Awaitable[None]]
+) -> Awaitable[T]:
+    """``anext(iterator)``, calling ``before_wait()`` first if, and only if, it must wait.
 
     This is how already-produced events are coalesced without delaying any: a
-    caller collects the frames of the items that were ready at once and writes
+    caller queues the frames of the items that were ready at once and writes
     them in ``before_wait``, the moment the iterator would suspend (for the
     upstream, a timer, or a yield to the loop). The iterator's step is run one
     step eagerly; when it suspends, ``before_wait()`` runs and the step is then
     awaited where it stopped.
 
-    Raises ``StopAsyncIteration`` at the end, what the iterator raises, and
-    what ``before_wait()`` raises (the pending step then gets a cancellation,
-    as if the task had been cancelled while awaiting it).
+    Awaiting it raises ``StopAsyncIteration`` at the end, what the iterator
+    raises, and what ``before_wait()`` raises (the pending step then gets a
+    cancellation, as if the task had been cancelled while awaiting it).
     """
-    step = iterator.__anext__()
-    send = getattr(step, "send", None)
-    if send is None:  # an awaitable that is not a coroutine: no eager step
-        await before_wait()
-        return await step
-    try:
-        pending = send(None)
-    except StopIteration as stop:
-        return cast(T, stop.value)
-    try:
-        await before_wait()
-    except BaseException:
-        # Closing the step would leave an async generator marked as running
-        # (its aclose() would then fail); cancel it the way a task would.
-        try:
-            step.throw(asyncio.CancelledError())  # type: ignore[attr-defined]
-        except BaseException:  # it ends, usually with that cancellation
-            pass
-        else:
-            step.close()  # type: ignore[attr-defined]
-        raise
-    return cast(T, await _Resume(step, pending))
+    return _NextReady(iterator, before_wait)
 
 
 class StreamSupervisor:
@@ -246,6 +249,7 @@ class EventStream:
         "__weakref__",
         "_busy",
         "_closed",
+        "_queued",
         "_end_frame",
         "_ended",
         "_error_frame",
@@ -289,6 +293,7 @@ class EventStream:
         self._high_water = 0
         self._owner: weakref.ref[asyncio.Task[Any]] | None = None
         self._busy = False
+        self._queued: list[bytes] = []  # frames for the next flush()
         self._closed = False
         self._ended = False
         self._interrupted: str | None = None  # why the supervisor cancelled the owner
@@ -385,6 +390,7 @@ class EventStream:
 
     async def _final_error(self, exc: EngineError) -> None:
         try:
+            await self.flush()
             if self._error_frame is not None:
                 await self._write(self._error_frame(exc))
             else:
@@ -437,6 +443,25 @@ class EventStream:
         else:
             await self._write(encode_json(data, event=event, id=id))
 
+    def queue_frame(self, frame: bytes) -> None:
+        """Add bytes framed by :mod:`engine.sse` to the next :meth:`flush` (no I/O).
+
+        Frames that are ready together go out in one write; see :func:`next_ready`.
+        """
+        self._queued.append(frame)
+
+    @property
+    def queued(self) -> int:
+        """How many queued frames have not reached the socket yet."""
+        return len(self._queued)
+
+    async def flush(self) -> None:
+        """Write every queued frame, in one write (waiting for a slow reader like ``send``)."""
+        queued = self._queued
+        if queued:
+            await self._write(queued[0] if len(queued) == 1 else b"".join(queued))
+            queued.clear()  # only once written: a failed write leaves them counted
+
     async def send_frame(self, frame: bytes) -> None:
         """Send bytes already framed by :mod:`engine.sse` (the hot path: no re-encoding)."""
         await self._write(frame)
@@ -468,6 +493,7 @@ class EventStream:
         self._ended = True
         try:
             if not self._closed:
+                await self.flush()
                 if data is None and self._end_frame is not None:
                     await self._write(self._end_frame)
                 else:
