@@ -29,16 +29,18 @@ BENCH_DIR = Path(__file__).resolve().parent
 SERVER_CPU = 0
 LOADGEN_CPU = 1
 
-SERVERS = ("native", "sse-starlette", "aiohttp-sse", "raw")
+SERVERS = ("native", "sse-starlette", "aiohttp-sse", "aiohttp-plain", "raw")
 LABELS = {
     "native": "sse-engine (ours)",
     "sse-starlette": "sse-starlette + uvicorn",
     "aiohttp-sse": "aiohttp-sse + aiohttp",
+    "aiohttp-plain": "plain aiohttp StreamResponse + msgspec (reference)",
     "raw": "raw asyncio Protocol (ceiling)",
 }
 _MODULES = {
     "sse-starlette": "benchmarks.servers.starlette_sse",
     "aiohttp-sse": "benchmarks.servers.aiohttp_sse_server",
+    "aiohttp-plain": "benchmarks.servers.aiohttp_plain",
     "raw": "benchmarks.servers.raw",
 }
 _URL = re.compile(rb"http://127\.0\.0\.1:(\d+)")

@@ -7,6 +7,7 @@ and ``id: <stream>:<n>`` on every event):
 * ``native``: ``sse-engine serve`` (GET /v1/chat/stream);
 * ``sse-starlette``: EventSourceResponse on Starlette + uvicorn (httptools);
 * ``aiohttp-sse``: sse_response on aiohttp;
+* ``aiohttp-plain``: a hand-written aiohttp StreamResponse + msgspec (reference);
 * ``raw``: an asyncio Protocol writing preformatted events, the ceiling.
 
 The load generator (CPU 1) keeps ``clients`` connections busy with streams
@@ -88,6 +89,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     pairs = [(k, "raw") for k in SERVERS if k != "raw"] + [
         ("native", "sse-starlette"),
         ("native", "aiohttp-sse"),
+        ("native", "aiohttp-plain"),
     ]
     for a, b in pairs:
         ratios[f"{a}/{b}"] = {
