@@ -155,7 +155,6 @@ def targets(sections: dict[str, Any]) -> list[str]:
         ratio("native", "raw", c, 0.7)
         ratio("native", "sse-starlette", c, 3.0)
         ratio("native", "aiohttp-sse", c, 2.5)
-        ratio("native", "aiohttp-plain", c, 1.0)
     idle = _get(conc, "idle", "native")
     at10k = [r for r in idle or [] if r.get("clients") == 10000 and "kib_per_conn" in r]
     if at10k:
