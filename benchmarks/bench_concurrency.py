@@ -8,7 +8,7 @@ one then received a heartbeat, and that none was dropped. Server RSS
 connection.
 
 Stable: N streams at once of the mock at ``interval_ms=20`` (50 chunks/s each),
-N stepping 250, 500, 1000, 1500, ... up to a bound. A chunk's delay is how
+N stepping 250, 500, 750, 1000, 1250, 1500, ... up to a bound. A chunk's delay is how
 late it arrived past 20 ms after the previous frame of its stream (the mock
 sleeps 20 ms after each write, so this is the lag the server adds per chunk,
 measured at the client). A level is stable when every stream completes, the
@@ -149,7 +149,7 @@ def paced(server: Server, clients: int, chunks: int) -> dict[str, Any]:
 def main(quick: bool = False) -> dict[str, Any]:
     idle_levels = (1000,) if quick else (1000, 5000, 10000)
     idle_kinds = ("native", "raw") if quick else SERVERS
-    ladder = (250, 1000) if quick else (250, 500, 1000, 1500, 2000, 2500, 3000, 4000)
+    ladder = (250, 1000) if quick else (250, 500, 750, 1000, 1250, 1500, 2000, 3000, 4000)
     chunks = 50 if quick else 100  # per stream: 1 s or 2 s at 20 ms
     peer_level = 500 if quick else 1000
 
@@ -195,7 +195,8 @@ def main(quick: bool = False) -> dict[str, Any]:
         stable["peers"][kind] = r
         log(
             f"paced {kind:>13} x{peer_level}: complete {r['complete']}/{peer_level}, "
-            f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.1f} ms"
+            f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.1f} ms, "
+            f"cpu {r['server_cpu_share']:.2f} (at cadence {r['cpu_at_cadence']:.2f})"
         )
     return {
         "name": "concurrency",
