@@ -37,9 +37,19 @@ from .errors import (
 )
 from .gateway import Engine
 from .memory import Conversation
+from .providers import Provider
 from .sse import encode_json
 from .stream import next_ready
-from .wire import ChatRequest, DoneEvent, ErrorEvent, Message, Options, SessionRef, StartEvent
+from .wire import (
+    ChatRequest,
+    DoneEvent,
+    ErrorEvent,
+    Message,
+    Options,
+    Reply,
+    SessionRef,
+    StartEvent,
+)
 
 __all__ = ["ENGINE", "create_app", "error_middleware"]
 
@@ -315,15 +325,33 @@ async def _store_partial(memory: _Memory, seen: list[str], sid: str, reason: str
         log.warning("could not store the partial reply of stream %s", sid)
 
 
+async def send_reply(
+    request: web.Request,
+    provider: Provider,
+    messages: list[Message],
+    memory: _Memory | None,
+    *,
+    model: str | None,
+    options: Options,
+) -> Reply:
+    """The whole reply, not streamed; stored with the request when memory is attached."""
+    # The client may leave while the reply is computed: stop the upstream then too.
+    async with request.app[ENGINE].supervisor.watch(request):
+        reply = await provider.send(messages, model=model, options=options)
+    if memory is not None:
+        await memory.store_request()
+        await memory.store_reply(reply.content)
+    return reply
+
+
 async def chat_send(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = await read_json(request, ChatRequest)
     provider = engine.provider(body.provider)
     memory, messages = await _attach_memory(engine, body)
-    reply = await provider.send(messages, model=body.model, options=body.options)
-    if memory is not None:
-        await memory.store_request()
-        await memory.store_reply(reply.content)
+    reply = await send_reply(
+        request, provider, messages, memory, model=body.model, options=body.options
+    )
     return json_response(reply)
 
 

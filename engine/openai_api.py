@@ -53,7 +53,15 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta, Struct
 
-from .app import ENGINE, Handler, _attach_memory, _store_partial, json_response, read_json
+from .app import (
+    ENGINE,
+    Handler,
+    _attach_memory,
+    _store_partial,
+    json_response,
+    read_json,
+    send_reply,
+)
 from .config import ProviderSettings
 from .errors import EngineError, InvalidFields, NotFound, UnknownProvider
 from .gateway import Engine
@@ -414,10 +422,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     cid = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if not body.stream:
-        reply = await provider.send(messages, model=model, options=chat.options)
-        if memory is not None:
-            await memory.store_request()
-            await memory.store_reply(reply.content)
+        reply = await send_reply(
+            request, provider, messages, memory, model=model, options=chat.options
+        )
         message = ResponseMessage(
             role="assistant", content=reply.content, tool_calls=reply.tool_calls
         )

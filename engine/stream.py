@@ -26,11 +26,13 @@ the gateway buffering without bound (USERS-ASK 8).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.http_writer import StreamWriter
@@ -145,6 +147,41 @@ def next_ready(
     return _NextReady(iterator, before_wait)
 
 
+class _Supervised(Protocol):
+    """What the supervisor ticks over: an open stream, or a watched plain request."""
+
+    def _check(self, due: float, supervisor: StreamSupervisor) -> None: ...
+
+    def _interrupt(self, reason: str) -> None: ...
+
+
+class _Watch:
+    """A non-streaming request whose task is cancelled if its client leaves.
+
+    aiohttp cancels handlers on disconnect only when the server was started with
+    ``handler_cancellation=True``; an app mounted into someone else's server may
+    not have it, and a reply computed for nobody still costs upstream tokens
+    (USERS-ASK 1).
+    """
+
+    __slots__ = ("_request", "_task", "interrupted")
+
+    def __init__(self, request: web.BaseRequest, task: asyncio.Task[Any]) -> None:
+        self._request = request
+        self._task = task
+        self.interrupted: str | None = None
+
+    def _check(self, due: float, supervisor: StreamSupervisor) -> None:
+        transport = self._request.transport
+        if transport is None or transport.is_closing():
+            self._interrupt("disconnect")
+
+    def _interrupt(self, reason: str) -> None:
+        if self.interrupted is None and not self._task.done():
+            self.interrupted = reason
+            self._task.cancel()
+
+
 class StreamSupervisor:
     """Heartbeats, disconnect detection and shutdown for every open stream of an app.
 
@@ -155,7 +192,7 @@ class StreamSupervisor:
     def __init__(self, heartbeat: float = DEFAULT_HEARTBEAT, *, tick: float | None = None) -> None:
         self.heartbeat = heartbeat
         self.tick = tick if tick is not None else min(1.0, heartbeat / 2)
-        self._streams: set[EventStream] = set()
+        self._streams: set[_Supervised] = set()
         self._task: asyncio.Task[None] | None = None
         self._empty = asyncio.Event()
         self._empty.set()
@@ -171,7 +208,7 @@ class StreamSupervisor:
         """True once :meth:`shutdown` has begun: new streams are refused."""
         return self._stopping
 
-    def register(self, stream: EventStream) -> None:
+    def register(self, stream: _Supervised) -> None:
         if self._stopping:
             raise ShuttingDown("the server is shutting down")
         self._streams.add(stream)
@@ -179,7 +216,7 @@ class StreamSupervisor:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def unregister(self, stream: EventStream) -> None:
+    def unregister(self, stream: _Supervised) -> None:
         self._streams.discard(stream)
         if not self._streams:
             self._empty.set()
@@ -191,6 +228,31 @@ class StreamSupervisor:
             due = loop.time() - self.heartbeat
             for stream in list(self._streams):
                 stream._check(due, self)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, request: web.BaseRequest) -> AsyncIterator[None]:
+        """Cancel the enclosed work if ``request``'s client leaves (non-streaming handlers).
+
+        Raises :class:`~engine.errors.ClientDisconnectedError` out of the block
+        when that happened, and :class:`~engine.errors.ShuttingDown` when the
+        server stopped before the work finished.
+        """
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - always inside a task under aiohttp
+            yield
+            return
+        watch = _Watch(request, task)
+        self.register(watch)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if watch.interrupted is not None and task.uncancel() == 0:
+                if watch.interrupted == "shutdown":
+                    raise ShuttingDown("the server is shutting down") from None
+                raise ClientDisconnectedError("the client left before the reply") from None
+            raise
+        finally:
+            self.unregister(watch)
 
     async def wait_empty(self) -> None:
         """Return when no stream is open (at once if none is)."""
@@ -232,6 +294,23 @@ class StreamSupervisor:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._task = None
+
+
+def _limit_unacked(transport: asyncio.BaseTransport, seconds: float) -> None:
+    """Let the kernel drop a connection whose data stays unacknowledged for ``seconds``.
+
+    A client that vanished without a FIN (a laptop lid closed, a NAT entry
+    expired) never makes a write fail on its own: heartbeats land in the socket
+    buffer and are retransmitted for a quarter of an hour. ``TCP_USER_TIMEOUT``
+    (Linux, RFC 5482) closes it after ``send_timeout`` instead, and the
+    supervisor then sees the transport closed (USERS-ASK 8).
+    """
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    sock = transport.get_extra_info("socket")
+    if option is None or sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
 
 
 class EventStream:
@@ -343,6 +422,7 @@ class EventStream:
         self._writer = writer
         self._transport = transport
         self._high_water = transport.get_write_buffer_limits()[1]
+        _limit_unacked(transport, self.send_timeout)
         self._last_write = asyncio.get_running_loop().time()
         task = asyncio.current_task()
         self._owner = weakref.ref(task) if task is not None else None

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Sequence
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from engine.client import iter_events
 from engine.config import Config
@@ -87,3 +89,21 @@ class ScriptedProvider(Provider):
                 )
         finally:
             self.closed.set()
+
+
+@contextlib.asynccontextmanager
+async def running(app: web.Application, *, handler_cancellation: bool) -> AsyncIterator[str]:
+    """Serve ``app`` on 127.0.0.1 (an ephemeral port); yield its base URL.
+
+    aiohttp's own test server always cancels handlers on disconnect; an app
+    mounted in someone else's server may not, so the tests need both.
+    """
+    runner = web.AppRunner(app, handler_cancellation=handler_cancellation)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()

@@ -17,7 +17,7 @@ from engine.errors import UpstreamUnavailable
 from engine.gateway import Engine
 from engine.sse import Decoder
 
-from .helpers import ScriptedProvider, make_config, read_events
+from .helpers import ScriptedProvider, make_config, read_events, running
 
 BODY = {"messages": [{"role": "user", "content": "hi"}], "provider": "scripted"}
 
@@ -58,22 +58,23 @@ async def test_no_heartbeat_while_events_flow(aiohttp_client):
 
 
 @pytest.mark.parametrize("handler_cancellation", [False, True])
-async def test_client_disconnect_stops_the_producer(aiohttp_client, caplog, handler_cancellation):
+async def test_client_disconnect_stops_the_producer(caplog, handler_cancellation):
     """Whether or not aiohttp cancels handlers itself, the producer stops within a second."""
     gate = asyncio.Event()
     provider = ScriptedProvider(["one", "two", "three"], gate=gate)
     app = app_with(provider, heartbeat=0.2)
-    client = await aiohttp_client(app, server_kwargs={"handler_cancellation": handler_cancellation})
     caplog.set_level(logging.DEBUG)
-    resp = await client.post("/v1/chat/stream", json=BODY)
-    assert resp.status == 200
-    await resp.content.readuntil(b"\n\n")  # retry
-    await provider.started.wait()
-    resp.close()  # the client goes away while the upstream is silent
-    await asyncio.wait_for(provider.closed.wait(), 1.5)
-    assert provider.sent == 0
-    # Nothing was left registered, and nothing was logged as an error.
-    await asyncio.wait_for(app[ENGINE].supervisor.wait_empty(), 1)
+    async with running(app, handler_cancellation=handler_cancellation) as url:
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(f"{url}/v1/chat/stream", json=BODY)
+            assert resp.status == 200
+            await resp.content.readuntil(b"\n\n")  # retry
+            await provider.started.wait()
+            resp.close()  # the client goes away while the upstream is silent
+            await asyncio.wait_for(provider.closed.wait(), 1.5)
+            assert provider.sent == 0
+            # Nothing was left registered, and nothing was logged as an error.
+            await asyncio.wait_for(app[ENGINE].supervisor.wait_empty(), 1)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not [r for r in caplog.records if r.exc_info]
 
@@ -250,3 +251,44 @@ async def test_shutdown_lets_streams_that_finish_in_time_finish():
             events = await read_events(resp)
         await cleanup
     assert [e.event for e in events] == ["start", "message", "message", "done"]
+
+
+@pytest.mark.parametrize("path", ["/v1/chat", "/v1/chat/completions"])
+async def test_client_leaving_a_non_streaming_request_stops_the_upstream(path):
+    """Even without aiohttp's handler_cancellation (an app mounted elsewhere)."""
+    provider = ScriptedProvider(["never"], gate=asyncio.Event())
+    app = app_with(provider, heartbeat=0.2)
+    body = {"messages": [{"role": "user", "content": "hi"}]}
+    body |= {"provider": "scripted"} if path == "/v1/chat" else {"model": "scripted/x"}
+    async with running(app, handler_cancellation=False) as url:
+        async with aiohttp.ClientSession() as session:
+            request = asyncio.create_task(session.post(url + path, json=body))
+            await provider.started.wait()
+            request.cancel()  # the client gives up and closes its connection
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            await asyncio.wait_for(provider.closed.wait(), 1.5)
+            assert provider.sent == 0
+            await asyncio.wait_for(app[ENGINE].supervisor.wait_empty(), 1)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_USER_TIMEOUT"), reason="Linux only")
+async def test_streams_ask_the_kernel_to_drop_half_open_clients(aiohttp_client):
+    """Unacknowledged data for longer than the send timeout closes the connection."""
+    engine = Engine(make_config(send_timeout=7.5))
+    seen = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        async with engine.sse(request) as stream:
+            sock = request.transport.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+            await stream.send("x")
+        return stream.response
+
+    app = web.Application()
+    app.router.add_get("/sse", handler)
+    client = await aiohttp_client(app)
+    async with client.get("/sse") as resp:
+        await resp.read()
+    await engine.aclose()
+    assert seen == [7500]
