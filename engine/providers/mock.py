@@ -10,6 +10,7 @@ the stream with ``send()`` and a benchmark can check every byte it received.
 from __future__ import annotations
 
 import asyncio
+import functools
 import zlib
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,12 @@ def mock_text(messages: Sequence[Message], length: int) -> str:
     a CRC of that message, so it is the same in every process and run.
     """
     last = next((m.content for m in reversed(messages) if m.role == "user"), "")
+    if length <= _CACHED_TEXT_MAX:
+        return _cached_text(last, length)
+    return _text(last, length)
+
+
+def _text(last: str, length: int) -> str:
     parts = [f"You said: {last}. "]
     size = len(parts[0])
     seed = zlib.crc32(last.encode())
@@ -62,6 +69,12 @@ def mock_text(messages: Sequence[Message], length: int) -> str:
         parts.append(word)
         size += len(word)
     return "".join(parts)[:length]
+
+
+# A load test asks for the same reply thousands of times; building it is a Python
+# loop per word, so recent texts are kept (small ones only: at most 32 x 256 KiB).
+_CACHED_TEXT_MAX = 256 * 1024
+_cached_text = functools.lru_cache(maxsize=32)(_text)
 
 
 def _count_tokens(messages: Sequence[Message]) -> int:
