@@ -204,6 +204,13 @@ def write_results(data: dict[str, Any], plots: list[str]) -> None:
         "the optimisation log comes from benchmarks/NOTES.md.",
         "",
         f"- Command: `{data['command']}`",
+        f"- Code: commit {m.get('git', {}).get('commit', '?')}"
+        + (
+            "; engine files with uncommitted changes (others' work in progress in the "
+            f"shared tree): {', '.join(m['git']['dirty'])}"
+            if m.get("git", {}).get("dirty")
+            else ", clean engine/"
+        ),
         f"- Date: {data['date']} (total {data['seconds']} s)",
         "- Layout: server under test pinned to CPU 0, load generator pinned to CPU 1 "
         "(`sched_setaffinity`), 127.0.0.1 only, RLIMIT_NOFILE raised to the hard limit "

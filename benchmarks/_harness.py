@@ -281,7 +281,21 @@ def machine() -> dict[str, Any]:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = "not installed"
+    git: dict[str, Any] = {}
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        git["commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        # Others work in the same tree: say which engine files differed from the commit.
+        git["dirty"] = subprocess.run(
+            ["git", "status", "--porcelain", "--", "engine"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.split("\n")
+        git["dirty"] = [line[3:] for line in git["dirty"] if line.strip()]
     return {
+        "git": git,
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "kernel": platform.release(),

@@ -269,20 +269,19 @@ async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamRes
                 # plainly and each written at once, then the loop looks again.
                 flush = stream.flush
                 lone = plain = 0
+                pending = 0  # frames queued since the last flush we know of
                 while True:
                     try:
                         if plain:
                             plain -= 1
                             chunk = await chunks.__anext__()
-                            direct = True
                         else:
-                            before = stream.queued
                             chunk = await next_ready(chunks, flush)
-                            if before and not stream.queued:  # a batch went out
-                                lone = lone + 1 if before == 1 else 0
+                            if pending and not stream.queued:  # they went out in one write
+                                lone = lone + 1 if pending == 1 else 0
                                 if lone >= _LONE_RUN:
                                     lone, plain = 0, _PLAIN_RUN
-                            direct = plain > 0
+                                pending = 0
                     except StopAsyncIteration:
                         break
                     except Exception:
@@ -290,14 +289,18 @@ async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamRes
                         raise
                     n += 1
                     stream.queue_frame(encode_json(chunk, id=f"{sid}:{n}"))
+                    pending += 1
                     if memory is not None:
                         seen.append(chunk.content)
                     if chunk.finish_reason is not None:
                         finish_reason = chunk.finish_reason
                     if chunk.usage is not None:
                         usage = chunk.usage
-                    if direct or stream.queued >= _MAX_BATCH:
+                    if plain or pending >= _MAX_BATCH:
+                        # (the last plain chunk is left queued: the eager step
+                        # that follows writes it before any wait)
                         await flush()
+                        pending = 0
                 await flush()
                 if memory is not None:
                     # Stored before `done`, so `done` means the reply is saved.
