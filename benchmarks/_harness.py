@@ -19,6 +19,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -163,6 +164,13 @@ def servers(kinds: Sequence[str], *, heartbeat: float = 15.0) -> Iterator[dict[s
 
 def loadgen(args: dict[str, Any], timeout: float) -> dict[str, Any]:
     """Run the load generator once, pinned to CPU 1; its JSON result."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        out = Path(tmp) / "result.json"
+        _run_loadgen({**args, "out": str(out)}, timeout)
+        return dict(json.loads(out.read_text()))
+
+
+def _run_loadgen(args: dict[str, Any], timeout: float) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks._loadgen", json.dumps(args)],
         cwd=ROOT,
@@ -173,7 +181,7 @@ def loadgen(args: dict[str, Any], timeout: float) -> dict[str, Any]:
         preexec_fn=_pinned(LOADGEN_CPU),
     )
     try:
-        out, err = proc.communicate(timeout=timeout)
+        _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate(timeout=5)
@@ -184,7 +192,6 @@ def loadgen(args: dict[str, Any], timeout: float) -> dict[str, Any]:
             proc.wait(timeout=5)
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed: {err.decode(errors='replace')[-2000:]}")
-    return dict(json.loads(out.decode().strip().splitlines()[-1]))
 
 
 class Interactive:

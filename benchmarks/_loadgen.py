@@ -39,6 +39,8 @@ def cpu_seconds(pid: int) -> float:
 
 
 class Conn(asyncio.Protocol):
+    on_started: Any = None  # called once the stream sent its first chunk (3 frames)
+
     def __init__(self, counter: list[int], times: bool) -> None:
         self.frames = 0
         self.nl = False
@@ -59,6 +61,8 @@ class Conn(asyncio.Protocol):
             n += 1
         self.nl = data[-1:] == b"\n" and data[-2:] != b"\n\n"
         if n:
+            if self.frames < 3 <= self.frames + n and self.on_started is not None:
+                self.on_started()
             self.frames += n
             self.counter[0] += n
             if self.times is not None:
@@ -146,6 +150,12 @@ async def paced(a: dict[str, Any]) -> dict[str, Any]:
 
     all_open = asyncio.Event()
     first_done = asyncio.Event()
+    streaming = [0]
+
+    def started(k: int = 1) -> None:
+        streaming[0] += k
+        if streaming[0] + connect_errors >= a["clients"]:
+            all_open.set()
 
     async def one() -> None:
         nonlocal connect_errors
@@ -157,14 +167,16 @@ async def paced(a: dict[str, Any]) -> dict[str, Any]:
                 conn = None
         if conn is not None:
             conns.append(conn)
-        if len(conns) + connect_errors == a["clients"]:
-            all_open.set()
+            conn.on_started = started
+        elif len(conns) + connect_errors == a["clients"]:
+            started(0)
         if conn is not None:
             await conn.done
             first_done.set()
 
-    # Server CPU over the steady part: from the moment every stream is open to
-    # the moment the first one ends (all of them streaming at once).
+    # Server CPU over the steady part: from the moment every stream has sent its
+    # first chunk (the server is done setting them up) to the moment the first
+    # one ends (all of them streaming at once).
     steady: list[tuple[float, float]] = []
 
     async def watch() -> None:
@@ -275,7 +287,13 @@ def main() -> None:
 
     mode = {"throughput": throughput, "paced": paced, "idle": idle}[args["mode"]]
     result = uvloop.run(mode(args))
-    print(json.dumps(result), flush=True)
+    if args.get("out"):
+        # Large results (per-chunk delays) go through a file, not a pipe.
+        with open(args["out"], "w") as f:
+            json.dump(result, f)
+    else:
+        os.set_blocking(sys.stdout.fileno(), True)
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
