@@ -26,6 +26,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 from aiohttp import web
 
+from ._eager import next_ready
 from .config import Config
 from .errors import (
     BadRequest,
@@ -39,7 +40,6 @@ from .gateway import Engine
 from .memory import Conversation
 from .providers import Provider
 from .sse import encode_json
-from .stream import next_ready
 from .wire import (
     ChatRequest,
     DoneEvent,

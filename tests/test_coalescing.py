@@ -6,9 +6,9 @@ import asyncio
 
 from aiohttp import web
 
+from engine._eager import next_ready
 from engine.gateway import Engine
 from engine.sse import Decoder, encode_json
-from engine.stream import next_ready
 
 from .helpers import make_config
 
