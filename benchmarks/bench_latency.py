@@ -1,214 +1,385 @@
 """Latency the gateway adds per chunk: gateway path vs a direct connection to the upstream.
 
-A fake OpenAI upstream (:mod:`engine.testing`, stamp mode) sends a chunk every
-20 ms whose text is its send time (``time.time_ns()``). The client reads the
-same kind of stream two ways, in the same run:
+A fake OpenAI upstream (``python -m engine.testing openai --stamp N``) sends a
+chunk every 20 ms whose text is its send time (``time.time_ns()``, taken at
+write). The client reads the same kind of stream two ways:
 
-* direct: ``POST /v1/chat/completions`` on the fake;
-* gateway: ``POST /v1/chat/stream`` on ``create_app()`` with the openai provider
-  pointed at the fake (served by ``web.AppRunner`` on 127.0.0.1);
+* direct: ``POST /v1/chat/completions`` on the fake (the floor);
+* gateway: ``POST /v1/chat/stream`` on ``sse-engine serve --provider openai``
+  with ``OPENAI_BASE_URL`` at the fake;
 
-and records, per chunk, receipt time minus stamp. The fake, the gateway and the
-client each run in their own process (one event loop each), so the gateway's
-number is not inflated by sharing a loop with the load. Added latency is
-gateway minus direct, at p50 and p99, for 1 and 100 concurrent streams.
+and records, per chunk, receipt time minus stamp. Layout (``_harness``): the
+gateway is a subprocess pinned to CPU 0; the fake (a subprocess) and the client
+(this process, pinned for the measurement) share CPU 1, so the fake never
+steals the gateway's core. Everything runs on uvloop.
 
-    python -m benchmarks.bench_latency [--quick]
+Stream ``i`` of ``N`` starts at ``i * 20 ms / N`` (one cadence period), so
+streams do not send in lockstep; the first chunks of every stream are a
+warm-up and are not counted. Levels 1, 100 and 1,000 streams; each round
+measures direct then gateway at every level, and rounds are interleaved;
+``added`` = gateway - direct percentile by percentile within a round, reported
+as the median over rounds with min-max.
+
+Time to first byte (one stream, the fake with no first-token delay): from
+writing the request on an open connection to receiving the first content
+chunk, gateway vs direct, alternating, median with min-max; added TTFB is the
+difference of the medians.
+
+    python -m benchmarks.bench_latency [--quick] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import multiprocessing as mp
+import os
+import re
+import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
-from engine.sse import Decoder
+from ._harness import LOADGEN_CPU, Server, log, percentile, raise_nofile, summary
 
 INTERVAL_MS = 20
-CONCURRENCY = (1, 100)
-#: Chunks per stream (quick, full): bounded so the run takes well under 60 s.
-CHUNKS = (25, 100)
-READY_TIMEOUT = 20.0
+LEVELS = (1, 100, 1000)
+#: Chunks per stream (quick, full) and rounds; the first WARM chunks of each stream are dropped.
+CHUNKS = (40, 100)
+ROUNDS = (3, 3)
+WARM = {1: 5, 100: 10, 1000: 25}
+TTFB_REQUESTS = (20, 30)
+LEVEL_TIMEOUT = 60.0
+_STAMP = re.compile(rb'"content":"(\d{19})"')
 
 
-# -- the two servers, each in its own process -------------------------------------
+# -- the processes -----------------------------------------------------------------
 
 
-def _run_fake(port_queue: Any, chunks: int) -> None:
-    from engine.testing import FakeOpenAI, Script, serve
+class _Fake(Server):
+    """``python -m engine.testing openai --stamp N`` on uvloop; moved to CPU 1 once up."""
 
-    async def run() -> None:
-        fake = FakeOpenAI(Script(stamp=True, stamp_count=chunks, interval_ms=INTERVAL_MS))
-        async with serve(fake.app()) as url:
-            port_queue.put(url)
-            await asyncio.Event().wait()
+    def __init__(self, chunks: int) -> None:
+        super().__init__("fake-openai")
+        self.chunks = chunks
 
-    asyncio.run(run())
-
-
-def build_gateway(upstream_url: str) -> web.Application:
-    """The gateway under test: ``create_app`` with openai pointed at ``upstream_url``."""
-    from engine import create_app
-    from engine.config import Config
-
-    config = Config.load(
-        environ={},
-        provider="openai",
-        memory_url="memory://",
-        providers={"openai": {"api_key": "bench-key", "base_url": f"{upstream_url}/v1"}},
-    )
-    return create_app(config)
-
-
-def _run_gateway(port_queue: Any, upstream_url: str) -> None:
-    async def run() -> None:
-        runner = web.AppRunner(build_gateway(upstream_url), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port_queue.put(f"http://127.0.0.1:{runner.addresses[0][1]}")
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(run())
-
-
-def _start(target: Callable[..., None], *args: Any) -> tuple[mp.process.BaseProcess, str]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=target, args=(queue, *args), daemon=True)
-    proc.start()
-    return proc, queue.get(timeout=READY_TIMEOUT)
-
-
-# -- the client ---------------------------------------------------------------------
-
-
-def _stamp_direct(data: str) -> str | None:
-    if data == "[DONE]":
-        return None
-    choices = json.loads(data).get("choices") or []
-    return (choices[0].get("delta") or {}).get("content") if choices else None
-
-
-def _stamp_gateway(data: str) -> str | None:
-    obj = json.loads(data)
-    return obj.get("content") if "role" in obj else None
-
-
-async def _one_stream(
-    session: aiohttp.ClientSession, url: str, body: dict[str, Any], gateway: bool, out: list[float]
-) -> int:
-    decoder = Decoder()
-    stamp_of = _stamp_gateway if gateway else _stamp_direct
-    count = 0
-    async with session.post(url, json=body) as resp:
-        resp.raise_for_status()
-        async for data in resp.content.iter_any():
-            now = time.time_ns()
-            for event in decoder.feed(data):
-                if event.event != "message":
-                    continue
-                text = stamp_of(event.data)
-                if text:
-                    out.append((now - int(text)) / 1e6)
-                    count += 1
-    return count
-
-
-async def measure(url: str, *, gateway: bool, streams: int, chunks: int) -> dict[str, float]:
-    """Run ``streams`` concurrent streams; per-chunk latency percentiles in ms."""
-    messages = [{"role": "user", "content": "stamp"}]
-    if gateway:
-        target, body = f"{url}/v1/chat/stream", {"messages": messages, "provider": "openai"}
-    else:
-        target = f"{url}/v1/chat/completions"
-        body = {"model": "m", "messages": messages, "stream": True}
-    latencies: list[float] = []
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        counts = await asyncio.gather(
-            *(_one_stream(session, target, body, gateway, latencies) for _ in range(streams))
+    def command(self) -> list[str]:
+        code = (
+            "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
+            "from engine.testing.__main__ import main; sys.exit(main(sys.argv[1:]))"
         )
-    if any(c != chunks for c in counts):
-        raise RuntimeError(f"incomplete streams: expected {chunks} chunks each, got {counts}")
+        return [sys.executable, "-c", code, "openai", "--stamp", str(self.chunks),
+                "--interval-ms", str(INTERVAL_MS), "--first-ms", "0", "--port", "0"]
+
+    def start(self, timeout: float = 20.0) -> _Fake:
+        super().start(timeout)
+        if LOADGEN_CPU < (os.cpu_count() or 1):
+            os.sched_setaffinity(self.pid, {LOADGEN_CPU})
+        return self
+
+
+class _Gateway(Server):
+    """``sse-engine serve --provider openai`` (the harness's native command), CPU 0."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__("native")
+        self.upstream = upstream
+
+    def command(self) -> list[str]:
+        return [*super().command(), "--provider", "openai"]
+
+    def start(self, timeout: float = 20.0) -> _Gateway:
+        env = {"OPENAI_BASE_URL": f"{self.upstream}/v1", "OPENAI_API_KEY": "bench-key"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            super().start(timeout)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        return self
+
+
+@contextlib.contextmanager
+def _on_cpu(cpu: int) -> Iterator[None]:
+    saved = os.sched_getaffinity(0)
+    if cpu < (os.cpu_count() or 1):
+        os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
+# -- the client --------------------------------------------------------------------
+
+
+def _request(gateway: bool) -> bytes:
+    if gateway:
+        path = "/v1/chat/stream"
+        body = b'{"messages":[{"role":"user","content":"stamp"}],"provider":"openai"}'
+    else:
+        path = "/v1/chat/completions"
+        body = b'{"model":"m","messages":[{"role":"user","content":"stamp"}],"stream":true}'
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
+
+
+class _StampConn(asyncio.Protocol):
+    """One stream: per content chunk, receipt (``time_ns`` at read) minus its stamp."""
+
+    def __init__(self, out: list[float] | None, skip: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.out = out
+        self.skip = skip
+        self.buf = b""
+        self.n = 0
+        self.ok: bool | None = None
+        self.first_ns = 0
+        self.first: asyncio.Future[None] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time_ns()
+        if self.ok is None:
+            self.ok = data.startswith(b"HTTP/1.1 200")
+        buf = self.buf + data
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self.buf = buf
+            return
+        for m in _STAMP.finditer(buf, 0, end):
+            self.n += 1
+            if self.n == 1:
+                self.first_ns = now
+                if not self.first.done():
+                    self.first.set_result(None)
+            if self.out is not None and self.n > self.skip:
+                self.out.append((now - int(m.group(1))) / 1e6)
+        self.buf = buf[end + 2 :]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for fut in (self.first, self.done):
+            if not fut.done():
+                fut.set_result(None)
+
+
+async def _open(port: int, out: list[float] | None, skip: int) -> _StampConn:
+    loop = asyncio.get_running_loop()
+    _, conn = await loop.create_connection(lambda: _StampConn(out, skip), "127.0.0.1", port)
+    return conn
+
+
+async def measure(port: int, *, gateway: bool, streams: int, chunks: int) -> dict[str, Any]:
+    """``streams`` streams started over one cadence period; percentiles (ms) after warm-up."""
+    loop = asyncio.get_running_loop()
+    skip = WARM.get(streams, 10)
+    request = _request(gateway)
+    latencies: list[float] = []
+    conns: list[_StampConn] = []
+    step = INTERVAL_MS / 1000 / streams
+    t0 = loop.time() + 0.05
+
+    async def one(i: int) -> None:
+        await asyncio.sleep(max(0.0, t0 + i * step - loop.time()))
+        conn = await _open(port, latencies, skip)
+        conns.append(conn)
+        assert conn.transport is not None
+        conn.transport.write(request)
+        await conn.done
+
+    tasks = [asyncio.ensure_future(one(i)) for i in range(streams)]
+    try:
+        await asyncio.wait_for(asyncio.gather(*tasks), LEVEL_TIMEOUT + chunks * INTERVAL_MS / 1000)
+    finally:
+        for t in tasks:
+            t.cancel()
+        for c in conns:
+            if c.transport is not None:
+                c.transport.abort()
+    incomplete = sum(1 for c in conns if not c.ok or c.n != chunks) + (streams - len(conns))
     latencies.sort()
     return {
-        "p50": _pct(latencies, 0.50),
-        "p99": _pct(latencies, 0.99),
-        "max": latencies[-1],
-        "chunks": float(len(latencies)),
+        "p50": percentile(latencies, 50),
+        "p99": percentile(latencies, 99),
+        "max": latencies[-1] if latencies else float("nan"),
+        "chunks": len(latencies),
+        "incomplete": incomplete,
     }
 
 
-def _pct(values: list[float], q: float) -> float:
-    return values[min(len(values) - 1, int(q * len(values)))]
+async def ttfb_once(port: int, gateway: bool) -> float:
+    """ms from writing the request (connection already open) to the first content chunk."""
+    conn = await _open(port, None, 0)
+    assert conn.transport is not None
+    try:
+        sent = time.time_ns()
+        conn.transport.write(_request(gateway))
+        await asyncio.wait_for(conn.first, 10)
+        if not conn.first_ns:
+            raise RuntimeError("stream ended before its first chunk")
+        return (conn.first_ns - sent) / 1e6
+    finally:
+        conn.transport.abort()
 
 
-async def _run_all(fake_url: str, gateway_url: str, chunks: int) -> dict[str, Any]:
+async def _run_all(
+    fake_port: int, gateway_port: int, chunks: int, rounds: int, n_ttfb: int
+) -> dict[str, Any]:
+    ports = {"direct": fake_port, "gateway": gateway_port}
+    # Warm-up: connections, imports, the provider's first requests.
+    for path, port in ports.items():
+        await measure(port, gateway=path == "gateway", streams=10, chunks=chunks)
+    per_round: dict[int, list[dict[str, Any]]] = {n: [] for n in LEVELS}
+    for r in range(rounds):
+        for streams in LEVELS:
+            row: dict[str, Any] = {}
+            for path, port in ports.items():
+                row[path] = await measure(port, gateway=path == "gateway", streams=streams, chunks=chunks)
+                await asyncio.sleep(0.3)  # let the gateway close the upstream streams
+            log(
+                f"latency round {r + 1}/{rounds}, {streams} streams: p99 direct "
+                f"{row['direct']['p99']:.3f} gateway {row['gateway']['p99']:.3f} ms"
+            )
+            per_round[streams].append(row)
+    ttfb: dict[str, list[float]] = {"direct": [], "gateway": []}
+    for path, port in ports.items():  # warm-up, not counted
+        await ttfb_once(port, path == "gateway")
+    for _ in range(n_ttfb):
+        for path, port in ports.items():
+            ttfb[path].append(await ttfb_once(port, path == "gateway"))
+            await asyncio.sleep(0.05)
     results: dict[str, Any] = {}
-    # Warm up both paths (connections, imports, the provider's first request).
-    await measure(fake_url, gateway=False, streams=2, chunks=chunks)
-    await measure(gateway_url, gateway=True, streams=2, chunks=chunks)
-    for streams in CONCURRENCY:
-        direct = await measure(fake_url, gateway=False, streams=streams, chunks=chunks)
-        via = await measure(gateway_url, gateway=True, streams=streams, chunks=chunks)
-        results[str(streams)] = {
-            "direct": direct,
-            "gateway": via,
-            "added_p50": via["p50"] - direct["p50"],
-            "added_p99": via["p99"] - direct["p99"],
-        }
+    for streams, rows in per_round.items():
+        level: dict[str, Any] = {"rounds": rows}
+        for path in ("direct", "gateway"):
+            level[path] = {q: summary([row[path][q] for row in rows]) for q in ("p50", "p99", "max")}
+            level[path]["incomplete"] = sum(row[path]["incomplete"] for row in rows)
+        for q in ("p50", "p99", "max"):
+            level[f"added_{q}"] = summary([row["gateway"][q] - row["direct"][q] for row in rows])
+        results[str(streams)] = level
+    results["ttfb"] = {
+        "direct": summary(ttfb["direct"]),
+        "gateway": summary(ttfb["gateway"]),
+        "added": statistics.median(ttfb["gateway"]) - statistics.median(ttfb["direct"]),
+    }
     return results
 
 
+def _client(fake_port: int, gateway_port: int, chunks: int, rounds: int, n_ttfb: int) -> dict[str, Any]:
+    import uvloop
+
+    with _on_cpu(LOADGEN_CPU), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(_run_all(fake_port, gateway_port, chunks, rounds, n_ttfb))
+
+
 def main(quick: bool = False) -> dict[str, Any]:
-    """Run the benchmark; return ``{"1": {...}, "100": {...}, ...}`` (ms) and print a table."""
+    """Run the benchmark; ``{"1"|"100"|"1000": {...}, "ttfb": {...}, "meta": {...}}`` (ms)."""
+    raise_nofile()
     chunks = CHUNKS[0] if quick else CHUNKS[1]
+    rounds = ROUNDS[0] if quick else ROUNDS[1]
+    n_ttfb = TTFB_REQUESTS[0] if quick else TTFB_REQUESTS[1]
     started = time.monotonic()
-    fake, fake_url = _start(_run_fake, chunks)
-    gateway = None
-    try:
-        gateway, gateway_url = _start(_run_gateway, fake_url)
-        results = asyncio.run(_run_all(fake_url, gateway_url, chunks))
-    finally:
-        for proc in (gateway, fake):
-            if proc is not None:
-                proc.terminate()
-                proc.join(5)
+    with _Fake(chunks) as fake, _Gateway(f"http://127.0.0.1:{fake.port}") as gateway:
+        results = _client(fake.port, gateway.port, chunks, rounds, n_ttfb)
+        banner = gateway.banner
     results["meta"] = {
         "interval_ms": INTERVAL_MS,
         "chunks_per_stream": chunks,
+        "warm_chunks": {str(k): v for k, v in WARM.items()},
+        "rounds": rounds,
+        "ttfb_requests": n_ttfb,
+        "gateway": banner,
         "seconds": round(time.monotonic() - started, 1),
     }
     _print_table(results)
     return results
 
 
+def _r(s: dict[str, Any]) -> str:
+    if not s.get("n"):
+        return "n/a"
+    return f"{s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
+
+
 def _print_table(results: dict[str, Any]) -> None:
     meta = results["meta"]
     print(
-        f"per-chunk latency, receipt - upstream send stamp (ms); "
-        f"{meta['chunks_per_stream']} chunks/stream every {meta['interval_ms']} ms"
+        f"per-chunk latency, receipt - upstream send stamp (ms), median (min-max) of "
+        f"{meta['rounds']} rounds; {meta['chunks_per_stream']} chunks/stream every "
+        f"{meta['interval_ms']} ms, starts staggered over one period, first "
+        f"{meta['warm_chunks']} chunks per stream not counted"
     )
-    print(f"{'streams':>7}  {'path':<8} {'p50':>8} {'p99':>8} {'max':>8}")
-    for streams in CONCURRENCY:
+    print(f"gateway: {meta['gateway']}")
+    print(f"{'streams':>7}  {'path':<8} {'p50':>26} {'p99':>26} {'max':>26}  incomplete")
+    for streams in LEVELS:
         row = results[str(streams)]
         for path in ("direct", "gateway"):
             r = row[path]
-            print(f"{streams:>7}  {path:<8} {r['p50']:8.3f} {r['p99']:8.3f} {r['max']:8.3f}")
-        print(f"{streams:>7}  {'added':<8} {row['added_p50']:8.3f} {row['added_p99']:8.3f}")
+            print(
+                f"{streams:>7}  {path:<8} {_r(r['p50']):>26} {_r(r['p99']):>26} "
+                f"{_r(r['max']):>26}  {r['incomplete']}"
+            )
+        print(
+            f"{streams:>7}  {'added':<8} {_r(row['added_p50']):>26} {_r(row['added_p99']):>26} "
+            f"{_r(row['added_max']):>26}"
+        )
+    t = results["ttfb"]
+    print(
+        f"time to first chunk, one stream, {meta['ttfb_requests']} requests each (ms): "
+        f"direct {_r(t['direct'])}, gateway {_r(t['gateway'])}, added {t['added']:.3f}"
+    )
     print(f"({meta['seconds']} s)")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The section for RESULTS.md: ms, median (min-max) over rounds."""
+    meta = results["meta"]
+    lines = [
+        f"Per-chunk latency, receipt minus the fake's send stamp, ms, median (min-max) over "
+        f"{meta['rounds']} interleaved rounds; {meta['chunks_per_stream']} chunks per stream every "
+        f"{meta['interval_ms']} ms, stream starts staggered over one period, the first "
+        f"{meta['warm_chunks']} chunks of each stream not counted. Gateway (`sse-engine serve "
+        "--provider openai`) on CPU 0; the fake upstream and the client on CPU 1; uvloop. "
+        "`added` = gateway - direct, percentile by percentile within a round.",
+        "",
+        "| streams | path | p50 | p99 | max | incomplete streams |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for streams in LEVELS:
+        row = results.get(str(streams))
+        if not row:
+            continue
+        for path in ("direct", "gateway"):
+            r = row[path]
+            lines.append(
+                f"| {streams} | {path} | {_r(r['p50'])} | {_r(r['p99'])} | {_r(r['max'])} "
+                f"| {r['incomplete']} |"
+            )
+        lines.append(
+            f"| {streams} | **added** | {_r(row['added_p50'])} | {_r(row['added_p99'])} "
+            f"| {_r(row['added_max'])} | |"
+        )
+    t = results["ttfb"]
+    lines += [
+        "",
+        f"Time to first chunk at one stream (request written on an open connection to the first "
+        f"content chunk; fake with no first-token delay), {meta['ttfb_requests']} requests per "
+        f"path, alternating, ms: direct {_r(t['direct'])}, gateway {_r(t['gateway'])}; "
+        f"added (difference of medians) **{t['added']:.3f}**.",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
