@@ -39,7 +39,7 @@ from .errors import (
 from .gateway import Engine
 from .memory import Conversation
 from .providers import Provider
-from .sse import encode_json
+from .sse import encode_json, encode_json_numbered, numbered_id_prefix
 from .wire import (
     ChatRequest,
     DoneEvent,
@@ -268,6 +268,7 @@ async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamRes
                 # _LONE_RUN lone chunks in a row, the next _PLAIN_RUN are awaited
                 # plainly and each written at once, then the loop looks again.
                 flush = stream.flush
+                id_prefix = numbered_id_prefix(sid)  # chunk n's id is f"{sid}:{n}"
                 lone = plain = 0
                 pending = 0  # frames queued since the last flush we know of
                 while True:
@@ -288,7 +289,7 @@ async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamRes
                         await flush()  # what came before the failure goes out first
                         raise
                     n += 1
-                    stream.queue_frame(encode_json(chunk, id=f"{sid}:{n}"))
+                    stream.queue_frame(encode_json_numbered(chunk, id_prefix, n))
                     pending += 1
                     if memory is not None:
                         seen.append(chunk.content)

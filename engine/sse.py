@@ -24,7 +24,9 @@ __all__ = [
     "encode",
     "encode_comment",
     "encode_json",
+    "encode_json_numbered",
     "encode_retry",
+    "numbered_id_prefix",
 ]
 
 # One encoder for the whole module: msgspec encoders are reusable and keep an
@@ -108,6 +110,24 @@ def encode_json(obj: Any, *, event: str | None = None, id: str | None = None) ->
     _json_encoder.encode_into(obj, buf, -1)
     buf += b"\n\n"
     return bytes(buf)
+
+
+def numbered_id_prefix(base: str) -> bytes:
+    """The checked ``id: {base}:`` head for :func:`encode_json_numbered` (checked once, here).
+
+    Raises ``ValueError`` for a ``base`` containing CR, LF or NUL.
+    """
+    return b"id: " + _check_field("id", base, _FORBIDDEN_IN_ID) + b":"
+
+
+def encode_json_numbered(obj: Any, prefix: bytes, n: int) -> bytes:
+    """``encode_json(obj, id=f"{base}:{n}")`` for a ``prefix`` from :func:`numbered_id_prefix`.
+
+    The relay frames every chunk of a stream with the same id base and a
+    counter; the base is checked once per stream instead of once per chunk.
+    """
+    # One %-format of small bytes beats a bytearray and its copy (0.26 us vs 0.48).
+    return b"%s%d\ndata: %s\n\n" % (prefix, n, _json_encoder.encode(obj))
 
 
 def encode_comment(text: str = "") -> bytes:

@@ -62,8 +62,10 @@ class ChunkStream(AsyncIterator[Chunk]):
     def __aiter__(self) -> ChunkStream:
         return self
 
-    async def __anext__(self) -> Chunk:
-        return await self._chunks.__anext__()
+    def __anext__(self) -> Awaitable[Chunk]:
+        # The generator's own awaitable, not a coroutine wrapping it: one frame
+        # less on every chunk's way up (and the relay's eager step sees it).
+        return self._chunks.__anext__()
 
     async def aclose(self) -> None:
         """Stop reading and release the upstream connection. Safe to call twice."""
