@@ -70,8 +70,20 @@ class _Fake(Server):
             "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
             "from engine.testing.__main__ import main; sys.exit(main(sys.argv[1:]))"
         )
-        return [sys.executable, "-c", code, "openai", "--stamp", str(self.chunks),
-                "--interval-ms", str(INTERVAL_MS), "--first-ms", "0", "--port", "0"]
+        return [
+            sys.executable,
+            "-c",
+            code,
+            "openai",
+            "--stamp",
+            str(self.chunks),
+            "--interval-ms",
+            str(INTERVAL_MS),
+            "--first-ms",
+            "0",
+            "--port",
+            "0",
+        ]
 
     def start(self, timeout: float = 20.0) -> _Fake:
         super().start(timeout)
@@ -246,7 +258,9 @@ async def _run_all(
         for streams in LEVELS:
             row: dict[str, Any] = {}
             for path, port in ports.items():
-                row[path] = await measure(port, gateway=path == "gateway", streams=streams, chunks=chunks)
+                row[path] = await measure(
+                    port, gateway=path == "gateway", streams=streams, chunks=chunks
+                )
                 await asyncio.sleep(0.3)  # let the gateway close the upstream streams
             log(
                 f"latency round {r + 1}/{rounds}, {streams} streams: p99 direct "
@@ -264,7 +278,9 @@ async def _run_all(
     for streams, rows in per_round.items():
         level: dict[str, Any] = {"rounds": rows}
         for path in ("direct", "gateway"):
-            level[path] = {q: summary([row[path][q] for row in rows]) for q in ("p50", "p99", "max")}
+            level[path] = {
+                q: summary([row[path][q] for row in rows]) for q in ("p50", "p99", "max")
+            }
             level[path]["incomplete"] = sum(row[path]["incomplete"] for row in rows)
         for q in ("p50", "p99", "max"):
             level[f"added_{q}"] = summary([row["gateway"][q] - row["direct"][q] for row in rows])
@@ -277,7 +293,9 @@ async def _run_all(
     return results
 
 
-def _client(fake_port: int, gateway_port: int, chunks: int, rounds: int, n_ttfb: int) -> dict[str, Any]:
+def _client(
+    fake_port: int, gateway_port: int, chunks: int, rounds: int, n_ttfb: int
+) -> dict[str, Any]:
     import uvloop
 
     with _on_cpu(LOADGEN_CPU), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
