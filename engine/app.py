@@ -38,10 +38,12 @@ from .errors import (
 )
 from .gateway import Engine
 from .memory import Conversation
-from .providers import Provider
+from .providers import ChunkStream, Provider
 from .sse import encode_json, encode_json_numbered, numbered_id_prefix
+from .stream import EventStream
 from .wire import (
     ChatRequest,
+    Chunk,
     DoneEvent,
     ErrorEvent,
     Message,
@@ -49,6 +51,7 @@ from .wire import (
     Reply,
     SessionRef,
     StartEvent,
+    Usage,
 )
 
 __all__ = ["ENGINE", "create_app", "error_middleware"]
@@ -243,19 +246,50 @@ async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamRes
     del body, messages  # not needed while streaming: an idle stream holds less
     sid = uuid.uuid4().hex
     stream = engine.sse(request)
+    id_prefix = numbered_id_prefix(sid)  # chunk n's id is f"{sid}:{n}"
+
+    def frame(chunk: Chunk, n: int) -> bytes:
+        return encode_json_numbered(chunk, id_prefix, n)
+
+    async def finish(finish_reason: str | None, usage: Usage | None, n: int) -> None:
+        await stream.end(DoneEvent(finish_reason=finish_reason, usage=usage), id=f"{sid}:{n + 1}")
+
+    start = StartEvent(stream_id=sid, provider=provider.name, model=chunks.model)
+    return await relay(
+        stream,
+        chunks,
+        memory,
+        sid,
+        start=encode_json(start, event="start", id=f"{sid}:0"),
+        frame=frame,
+        finish=finish,
+    )
+
+
+async def relay(
+    stream: EventStream,
+    chunks: ChunkStream,
+    memory: _Memory | None,
+    stream_id: str,
+    *,
+    start: bytes,
+    frame: Callable[[Chunk, int], bytes | None],
+    finish: Callable[[str | None, Usage | None, int], Awaitable[None]],
+) -> web.StreamResponse:
+    """Relay ``chunks`` to ``stream`` in one endpoint's framing, with memory around it.
+
+    ``start`` goes out first; ``frame(chunk, n)`` frames chunk ``n`` (``None``
+    skips it); ``finish(finish_reason, usage, n)`` ends the stream once the
+    whole reply is stored, so the final event means it is saved. A failure or
+    a client that left stores the part that was written, marked partial.
+    """
     seen: list[str] = []  # what the client was sent, for memory
     try:
         async with chunks:
             if memory is not None:
                 await memory.store_request()
             async with stream:
-                await stream.send_frame(
-                    encode_json(
-                        StartEvent(stream_id=sid, provider=provider.name, model=chunks.model),
-                        event="start",
-                        id=f"{sid}:0",
-                    )
-                )
+                await stream.send_frame(start)
                 n = 0
                 finish_reason = None
                 usage = None
@@ -268,7 +302,6 @@ async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamRes
                 # _LONE_RUN lone chunks in a row, the next _PLAIN_RUN are awaited
                 # plainly and each written at once, then the loop looks again.
                 flush = stream.flush
-                id_prefix = numbered_id_prefix(sid)  # chunk n's id is f"{sid}:{n}"
                 lone = plain = 0
                 pending = 0  # frames queued since the last flush we know of
                 while True:
@@ -289,14 +322,17 @@ async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamRes
                         await flush()  # what came before the failure goes out first
                         raise
                     n += 1
-                    stream.queue_frame(encode_json_numbered(chunk, id_prefix, n))
-                    pending += 1
-                    if memory is not None:
-                        seen.append(chunk.content)
                     if chunk.finish_reason is not None:
                         finish_reason = chunk.finish_reason
                     if chunk.usage is not None:
                         usage = chunk.usage
+                    data = frame(chunk, n)
+                    if data is None:
+                        continue
+                    stream.queue_frame(data)
+                    pending += 1
+                    if memory is not None:
+                        seen.append(chunk.content)
                     if plain or pending >= _MAX_BATCH:
                         # (the last plain chunk is left queued: the eager step
                         # that follows writes it before any wait)
@@ -304,18 +340,15 @@ async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamRes
                         pending = 0
                 await flush()
                 if memory is not None:
-                    # Stored before `done`, so `done` means the reply is saved.
-                    await memory.store_reply("".join(seen), {"stream_id": sid})
+                    await memory.store_reply("".join(seen), {"stream_id": stream_id})
                     memory = None
-                await stream.end(
-                    DoneEvent(finish_reason=finish_reason, usage=usage), id=f"{sid}:{n + 1}"
-                )
+                await finish(finish_reason, usage, n)
     finally:
         # `memory` is None once the whole reply was stored.
         if memory is not None and seen:
             if stream.queued:  # framed, never written: the user did not see them
                 del seen[-stream.queued :]
-            await _store_partial(memory, seen, sid, stream.end_reason)
+            await _store_partial(memory, seen, stream_id, stream.end_reason)
     return stream.response or web.Response(status=499)
 
 

@@ -57,9 +57,9 @@ from .app import (
     ENGINE,
     Handler,
     _attach_memory,
-    _store_partial,
     json_response,
     read_json,
+    relay,
     send_reply,
 )
 from .config import ProviderSettings
@@ -68,7 +68,7 @@ from .gateway import Engine
 from .providers import PROVIDERS, Provider
 from .sse import encode, encode_json
 from .stream import EventStream
-from .wire import ChatRequest, Message, Options, Role, SessionRef, Usage
+from .wire import ChatRequest, Chunk, Message, Options, Role, SessionRef, Usage
 
 __all__ = [
     "ChatCompletion",
@@ -457,38 +457,29 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             ChatCompletionChunk(id=cid, created=created, model=name, choices=choices, usage=usage)
         )
 
-    seen: list[str] = []  # what the client was sent, for memory
-    try:
-        async with chunks:
-            if memory is not None:
-                await memory.store_request()
-            async with stream:
-                await stream.send_frame(frame([ChunkChoice(delta=Delta(role="assistant"))]))
-                finish_reason: str | None = None
-                usage: Usage | None = None
-                async for chunk in chunks:
-                    if chunk.content or chunk.tool_calls:
-                        delta = Delta(content=chunk.content or None, tool_calls=chunk.tool_calls)
-                        await stream.send_frame(frame([ChunkChoice(delta=delta)]))
-                        seen.append(chunk.content)
-                    if chunk.finish_reason is not None:
-                        finish_reason = chunk.finish_reason
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                # As OpenAI does: the finish reason in a chunk of its own, empty delta.
-                last = ChunkChoice(delta=Delta(), finish_reason=finish_reason or "stop")
-                await stream.send_frame(frame([last]))
-                if include_usage:
-                    await stream.send_frame(frame([], usage))
-                if memory is not None:
-                    # Stored before [DONE], so [DONE] means the reply is saved.
-                    await memory.store_reply("".join(seen), {"stream_id": cid})
-                    memory = None
-                # Leaving the block sends data: [DONE]; an error, the error chunk.
-    finally:
-        if memory is not None and seen:
-            await _store_partial(memory, seen, cid, stream.end_reason)
-    return stream.response or web.Response(status=499)
+    def chunk_frame(chunk: Chunk, n: int) -> bytes | None:
+        if not (chunk.content or chunk.tool_calls):
+            return None
+        delta = Delta(content=chunk.content or None, tool_calls=chunk.tool_calls)
+        return frame([ChunkChoice(delta=delta)])
+
+    async def finish(finish_reason: str | None, usage: Usage | None, n: int) -> None:
+        # As OpenAI does: the finish reason in a chunk of its own, empty delta.
+        last = ChunkChoice(delta=Delta(), finish_reason=finish_reason or "stop")
+        await stream.send_frame(frame([last]))
+        if include_usage:
+            await stream.send_frame(frame([], usage))
+        # Leaving the stream's block then sends data: [DONE] (an error: the error chunk).
+
+    return await relay(
+        stream,
+        chunks,
+        memory,
+        cid,
+        start=frame([ChunkChoice(delta=Delta(role="assistant"))]),
+        frame=chunk_frame,
+        finish=finish,
+    )
 
 
 @_openai_errors
