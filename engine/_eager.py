@@ -29,7 +29,9 @@ class _NextReady:
 
     __slots__ = ("_before_wait", "_iterator")
 
-    def __init__(self, iterator: AsyncIterator[Any], before_wait: Callable[[], Awaitable[None]]):
+    def __init__(
+        self, iterator: AsyncIterator[Any], before_wait: Callable[[], Awaitable[None] | None]
+    ):
         self._iterator = iterator
         self._before_wait = before_wait
 
@@ -40,14 +42,18 @@ class _NextReady:
         self._iterator = self._before_wait = None  # type: ignore[assignment]
         send = getattr(step, "send", None)
         if send is None:  # an awaitable that is not a coroutine: no eager step
-            yield from before_wait().__await__()
+            wait = before_wait()
+            if wait is not None:
+                yield from wait.__await__()
             return (yield from step.__await__())
         try:
             pending = send(None)
         except StopIteration as stop:
             return stop.value
         try:
-            yield from before_wait().__await__()
+            wait = before_wait()
+            if wait is not None:
+                yield from wait.__await__()
         except BaseException:
             # Closing the step would leave an async generator marked as running
             # (its aclose() would then fail); cancel it the way a task would.
@@ -58,7 +64,7 @@ class _NextReady:
             else:
                 step.close()
             raise
-        del before_wait
+        del before_wait, wait
         while True:
             try:
                 sent = yield pending
@@ -78,9 +84,12 @@ class _NextReady:
 
 
 def next_ready(
-    iterator: AsyncIterator[T], before_wait: Callable[[], Awaitable[None]]
+    iterator: AsyncIterator[T], before_wait: Callable[[], Awaitable[None] | None]
 ) -> Awaitable[T]:
     """``anext(iterator)``, calling ``before_wait()`` first if, and only if, it must wait.
+
+    ``before_wait()`` returns an awaitable to wait for, or None when it did
+    its work at once (``EventStream.flush_nowait``: the frames went to the socket).
 
     This is how already-produced events are coalesced without delaying any: a
     caller queues the frames of the items that were ready at once and writes

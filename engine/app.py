@@ -301,7 +301,7 @@ async def relay(
                 # nothing when chunks come one at a time (a steady cadence): after
                 # _LONE_RUN lone chunks in a row, the next _PLAIN_RUN are awaited
                 # plainly and each written at once, then the loop looks again.
-                flush = stream.flush
+                flush = stream.flush_nowait  # None, or the wait for a slow reader
                 lone = plain = 0
                 pending = 0  # frames queued since the last flush we know of
                 while True:
@@ -319,7 +319,7 @@ async def relay(
                     except StopAsyncIteration:
                         break
                     except Exception:
-                        await flush()  # what came before the failure goes out first
+                        await stream.flush()  # what came before the failure goes out first
                         raise
                     n += 1
                     if chunk.finish_reason is not None:
@@ -336,9 +336,11 @@ async def relay(
                     if plain or pending >= _MAX_BATCH:
                         # (the last plain chunk is left queued: the eager step
                         # that follows writes it before any wait)
-                        await flush()
+                        wait = flush()
+                        if wait is not None:
+                            await wait
                         pending = 0
-                await flush()
+                await stream.flush()
                 if memory is not None:
                     await memory.store_reply("".join(seen), {"stream_id": stream_id})
                     memory = None

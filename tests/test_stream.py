@@ -292,3 +292,62 @@ async def test_streams_ask_the_kernel_to_drop_half_open_clients(aiohttp_client):
         await resp.read()
     await engine.aclose()
     assert seen == [7500]
+
+
+def _dechunk(body: bytes) -> bytes:
+    """Strict HTTP/1.1 chunked decoding (RFC 9112 section 7.1): every size line, every CRLF."""
+    out = bytearray()
+    pos = 0
+    while True:
+        eol = body.index(b"\r\n", pos)
+        size = int(body[pos:eol], 16)  # a bare hex size: no extensions, no padding
+        pos = eol + 2
+        if size == 0:
+            assert body[pos:] == b"\r\n", "the last chunk is followed by the final CRLF only"
+            return bytes(out)
+        out += body[pos : pos + size]
+        assert body[pos + size : pos + size + 2] == b"\r\n", "a chunk's data ends with CRLF"
+        pos += size + 2
+
+
+@pytest.mark.parametrize("interval_ms", [0, 2], ids=["burst", "paced"])
+@pytest.mark.parametrize("version", ["1.1", "1.0"])
+async def test_the_body_on_the_wire_is_exact_for_both_http_versions(version, interval_ms):
+    """HTTP/1.1 gets a chunked body (framed by EventStream itself after the first
+    write); HTTP/1.0 has no chunked encoding, so the body is the bare event
+    stream, ended by closing the connection. Both carry the same events, whether
+    chunks come in bursts (coalesced writes) or one at a time (a write each)."""
+    n = 40
+    app = create_app(make_config(retry_ms=None))
+    body = json.dumps(
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "options": {"max_tokens": n, "interval_ms": interval_ms},
+        }
+    ).encode()
+    async with running(app, handler_cancellation=False) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(
+            f"POST /v1/chat/stream HTTP/{version}\r\nHost: x\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        async with asyncio.timeout(10):
+            raw = await reader.read()  # until the server closes
+        writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    headers = head.decode().lower()
+    assert headers.startswith(f"http/{version} 200")
+    if version == "1.1":
+        assert "transfer-encoding: chunked" in headers
+        payload = _dechunk(payload)
+    else:
+        assert "transfer-encoding" not in headers
+    events = Decoder().feed(payload)
+    assert [e.event for e in events] == ["start"] + ["message"] * n + ["done"]
+    chunks = [json.loads(e.data) for e in events[1:-1]]
+    assert all(c["content"] for c in chunks)
+    assert chunks[-1]["finish_reason"] == "stop"
+    sid = json.loads(events[0].data)["stream_id"]
+    assert [e.id for e in events] == [f"{sid}:{k}" for k in range(n + 2)]
