@@ -1,4 +1,4 @@
-"""Concurrency: idle streams held with heartbeats, and the most paced streams that stay stable.
+"""Concurrency: idle streams held with heartbeats, and the most relayed streams that stay stable.
 
 Idle: a fresh server (CPU 0, heartbeat 5 s) gets 1k, 5k and 10k streams that
 send their first chunk and then go quiet (the mock at ``interval_ms=60000``);
@@ -7,24 +7,42 @@ one then received a heartbeat, and that none was dropped. Server RSS
 (``VmRSS``) before the connections and after a heartbeat period gives KiB per
 connection.
 
-Stable: N streams at once of the mock at ``interval_ms=20`` (50 chunks/s each),
-N stepping 250, 500, 750, 1000, 1250, 1500, ... up to a bound. A chunk's delay is how
-late it arrived past 20 ms after the previous frame of its stream (the mock
-sleeps 20 ms after each write, so this is the lag the server adds per chunk,
-measured at the client). A level is stable when every stream completes, the
-p99 delay is <= 50 ms, and the server would need at most 90% of its core to
-hold the full cadence (its CPU share while all streams were open, times the
-streams' mean gap / 20 ms): the mock sleeps after each write, so a saturated
-server slows every stream a little rather than making single chunks late, which
-the per-chunk delay alone would not show (a relay of an independent upstream
-would fall further behind with every chunk instead). The
-peers serve the same streams at one level, for the per-target delay CDF.
+Relayed (the headline): the gateway (``sse-engine serve --provider openai``,
+CPU 0) relays N streams at once from the fake OpenAI upstream of
+``bench_latency`` (``python -m engine.testing openai --stamp``: a chunk every
+20 ms per stream whose text is its send time; the fake and the client share
+CPU 1), N stepping 250, 500, 750, ... up to a bound, stopping after the first
+unstable level. The client is ``bench_latency.measure``: stream starts
+staggered over one 20 ms period, the first ``RELAY_WARM`` chunks of every
+stream not counted, delay = receipt - stamp. Stable = every stream completes
+and the p99 delay is <= 50 ms (the issue's rule): the fake keeps its own pace,
+so a saturated gateway falls further behind with every chunk and the p99
+shows it. At each level the same N streams are first read straight from the
+fake (the direct floor); when the direct path fails the same rule, CPU 1 (the
+fake and the client), not the gateway, is the limit, and the table says so.
+The fake stamps at write, so a fake short of CPU sends late without raising
+the delays: it offers less load instead. Its pace (per stream, the mean
+interval between counted stamps) must stay within 10% of 20 ms for a level to
+count as stable; relayed streams that keep the rule while it fell behind are
+"not measurable", and ones that break the rule while the direct ones keep it
+are the gateway's. The gateway's CPU share (and its CPU per relayed chunk) and
+CPU 1's (fake + client) over the counted chunks are reported, not judged.
+
+Paced mock, not relayed (secondary; the peers cannot relay): every server
+under test streams its own mock at ``interval_ms=20`` to 1,000 streams at once
+(500 with ``--quick``), for the per-server delay CDF. A chunk's delay there is how
+late it arrived past 20 ms after the previous frame of its stream. The mock
+sleeps after each write, so a saturated server slows every stream a little
+rather than making single chunks late; its "holds the cadence" verdict also
+needs the CPU the server would use at the full cadence (its CPU share while
+all streams were open, times the streams' mean gap / 20 ms) to be <= 90%.
 
     python -m benchmarks --only concurrency
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -39,16 +57,26 @@ from ._harness import (
     percentile,
     summary,
 )
+from .bench_latency import INTERVAL_MS as RELAY_INTERVAL_MS
+from .bench_latency import Fake, Gateway, measure, run_client
 
 HEARTBEAT = 5.0
 IDLE_TARGET = "/v1/chat/stream?q=idle&max_tokens=3&token_size=16&interval_ms=60000"
 IDLE_FIRST_FRAMES = 3  # retry, start, the first chunk; then a minute of silence
-INTERVAL_MS = 20
+INTERVAL_MS = 20  # the paced mock's
 STABLE_P99_MS = 50.0
-# The mock sleeps after each write, so a saturated server slows every stream a
-# little instead of making single chunks late; a relay fed by an independent
-# upstream would fall further behind with every chunk instead. A level counts
-# as stable only while the server would have CPU to spare at the full cadence.
+#: Relay ladder levels (full, quick), chunks per stream (quick, full), warm-up chunks.
+RELAY_LADDER = tuple(range(250, 3001, 250))
+RELAY_LADDER_QUICK = (250, 500, 1000)
+RELAY_CHUNKS = (75, 150)
+RELAY_WARM = 25
+#: The fake holds its cadence when every stream's mean stamp interval is within 10% of it.
+PACE_SLACK = 1.1
+# The paced mock sleeps after each write, so a saturated server slows every
+# stream a little instead of making single chunks late (a relay of an
+# independent upstream falls further behind with every chunk instead). In the
+# mock table a server holds the cadence only while it would have CPU to spare
+# at the full cadence.
 MAX_CPU_SHARE = 0.9
 
 
@@ -133,7 +161,7 @@ def paced(server: Server, clients: int, chunks: int) -> dict[str, Any]:
     # The CPU the server would need to hold the full cadence: what it used while
     # all streams were open, scaled by how much it slowed them down.
     r["cpu_at_cadence"] = r["server_cpu_share"] * max(1.0, r["gap_p50_ms"] / INTERVAL_MS)
-    r["stable"] = (
+    r["holds_cadence"] = (
         r["complete"] == clients
         and not r["connect_errors"]
         and not r["timed_out"]
@@ -146,11 +174,121 @@ def paced(server: Server, clients: int, chunks: int) -> dict[str, Any]:
     return r
 
 
+def _stable(m: dict[str, Any]) -> bool:
+    """The issue's rule: every stream complete, p99 delay <= 50 ms (NaN fails)."""
+    return m["incomplete"] == 0 and m["p99"] <= STABLE_P99_MS
+
+
+def _paced(m: dict[str, Any]) -> bool:
+    """The fake kept its cadence, so the level offered the load it names (NaN fails)."""
+    return m["pace_max"] <= RELAY_INTERVAL_MS * PACE_SLACK
+
+
+async def _ladder(fake: Fake, gateway: Gateway, levels: tuple[int, ...], chunks: int) -> list[Any]:
+    pids = {"gateway": gateway.pid, "fake": fake.pid}
+    args: dict[str, Any] = {"chunks": chunks, "warm": RELAY_WARM, "cpu": pids, "cdf": 400}
+    for port, relayed in ((fake.port, False), (gateway.port, True)):  # connections, imports
+        await measure(port, gateway=relayed, streams=10, **args)
+    rows: list[dict[str, Any]] = []
+    for n in levels:
+        direct = await measure(fake.port, gateway=False, streams=n, **args)
+        await asyncio.sleep(0.5)
+        relay = await measure(gateway.port, gateway=True, streams=n, **args)
+        row = {
+            "streams": n,
+            "direct": direct,
+            "relayed": relay,
+            # The floor: CPU 1 (fake + client) alone delivers N streams within the rule.
+            "direct_stable": _stable(direct),
+            # The relayed streams within the rule; the fake kept its pace, so the gateway
+            # got the load the level names.
+            "relay_rule": _stable(relay),
+            "offered": _paced(relay),
+            "stable": _stable(relay) and _paced(relay),
+        }
+        # What the fake actually sent (per stream one chunk per pace), and the gateway's CPU
+        # per relayed chunk at that rate.
+        rate = n * 1000 / relay["pace_p50"] if relay["pace_p50"] > 0 else float("nan")
+        row["offered_per_s"] = rate
+        row["gateway_share"] = relay["cpu_share"].get("gateway", float("nan"))
+        row["gateway_us_per_chunk"] = row["gateway_share"] * 1e6 / rate
+        rows.append(row)
+        log(
+            f"relay x{n:<5}: gateway {_brief(relay, n)}, cpu {_share(row['gateway_share'])} "
+            f"({row['gateway_us_per_chunk']:.0f} us/chunk at {rate:.0f} chunks/s) | "
+            f"direct {_brief(direct, n)} -> {_verdict(row)}"
+        )
+        if not row["stable"]:
+            break
+        await asyncio.sleep(1.0)  # let the gateway close the upstream streams
+    return rows
+
+
+def _brief(m: dict[str, Any], n: int) -> str:
+    return (
+        f"complete {n - m['incomplete']}/{n}, p50 {m['p50']:.2f} p99 {m['p99']:.2f} max "
+        f"{m['max']:.1f} ms, fake pace {m['pace_max']:.2f} ms, cpu1 {_cpu1(m['cpu_share']):.2f}"
+    )
+
+
+def _cpu1(share: dict[str, float]) -> float:
+    """CPU 1's load from this benchmark: the fake plus the client."""
+    if "fake" not in share or "client" not in share:
+        return float("nan")
+    return share["fake"] + share["client"]
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    if row["stable"]:
+        return "yes" if row["direct_stable"] else "yes (the direct floor failed)"
+    if not row["relay_rule"]:
+        if not row["direct_stable"]:
+            return "not measurable: the direct path fails the rule too (CPU 1 is the limit)"
+        # A fake that fell behind only offered less load: the gateway failed even so.
+        return "no" if row["offered"] else "no, even with the fake behind its cadence"
+    return "not measurable: the fake fell behind its cadence (CPU 1 is the limit)"
+
+
+def _client_bound(row: dict[str, Any]) -> bool:
+    """An unstable level that says nothing about the gateway: CPU 1 could not offer it."""
+    if row["relay_rule"]:
+        return not row["offered"]
+    return not row["direct_stable"]
+
+
+def relay_ladder(quick: bool) -> dict[str, Any]:
+    levels = RELAY_LADDER_QUICK if quick else RELAY_LADDER
+    chunks = RELAY_CHUNKS[0] if quick else RELAY_CHUNKS[1]
+    started = time.monotonic()
+    with Fake(chunks) as fake, Gateway(f"http://127.0.0.1:{fake.port}") as gateway:
+        rows = run_client(_ladder(fake, gateway, levels, chunks))
+        banner = gateway.banner
+    last = rows[-1] if rows else None
+    if last is None or last["stable"]:
+        limit = "bound"
+    elif _client_bound(last):
+        limit = "client"
+    else:
+        limit = "gateway"
+    best = [row["streams"] for row in rows if row["stable"]]
+    return {
+        "levels": rows,
+        "max_stable": max(best) if best else 0,
+        "stopped_at": None if limit == "bound" else last["streams"] if last else None,
+        "limit": limit,
+        "bound": levels[-1],
+        "interval_ms": RELAY_INTERVAL_MS,
+        "chunks_per_stream": chunks,
+        "warm_chunks": RELAY_WARM,
+        "gateway": banner,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
 def main(quick: bool = False) -> dict[str, Any]:
     idle_levels = (1000,) if quick else (1000, 5000, 10000)
     idle_kinds = ("native", "raw") if quick else SERVERS
-    ladder = (250, 1000) if quick else (250, 500, 750, 1000, 1250, 1500, 2000, 3000, 4000)
-    chunks = 50 if quick else 100  # per stream: 1 s or 2 s at 20 ms
+    chunks = 50 if quick else 100  # per paced mock stream: 1 s or 2 s at 20 ms
     peer_level = 500 if quick else 1000
 
     idle_results: dict[str, list[dict[str, Any]]] = {}
@@ -169,32 +307,20 @@ def main(quick: bool = False) -> dict[str, Any]:
                 f"ready {r['ready']}, heartbeat {r['got_heartbeat']}, open {r['still_open']}"
             )
 
-    stable: dict[str, Any] = {"ladder": [], "peers": {}}
-    with Server("native") as server:
-        _warm(server)
-        for level in ladder:
-            r = paced(server, level, chunks)
-            stable["ladder"].append(r)
-            log(
-                f"paced native x{level:<5}: complete {r['complete']}/{level}, "
-                f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.1f} ms, "
-                f"gap p50 {r['gap_p50_ms']:.2f} ms, cpu {r['server_cpu_share']:.2f}"
-                f" (at cadence {r['cpu_at_cadence']:.2f})"
-                f" -> {'stable' if r['stable'] else 'UNSTABLE'}"
-            )
-            if not r["stable"]:
-                break
-            time.sleep(1.0)
-    best = [r["clients"] for r in stable["ladder"] if r["stable"]]
-    stable["max_stable"] = max(best) if best else 0
-    stable["peer_level"] = peer_level
+    relay = relay_ladder(quick)
+    log(
+        f"relay ladder: largest stable level {relay['max_stable']} "
+        f"(limit: {relay['limit']}) in {relay['seconds']} s"
+    )
+
+    mock: dict[str, Any] = {"level": peer_level, "chunks_per_stream": chunks, "servers": {}}
     for kind in SERVERS:
         with Server(kind) as server:
             _warm(server)
             r = paced(server, peer_level, chunks)
-        stable["peers"][kind] = r
+        mock["servers"][kind] = r
         log(
-            f"paced {kind:>13} x{peer_level}: complete {r['complete']}/{peer_level}, "
+            f"paced mock {kind:>13} x{peer_level}: complete {r['complete']}/{peer_level}, "
             f"p50 {r['p50_ms']:.2f} p99 {r['p99_ms']:.2f} max {r['max_ms']:.1f} ms, "
             f"cpu {r['server_cpu_share']:.2f} (at cadence {r['cpu_at_cadence']:.2f})"
         )
@@ -202,14 +328,109 @@ def main(quick: bool = False) -> dict[str, Any]:
         "name": "concurrency",
         "heartbeat_s": HEARTBEAT,
         "interval_ms": INTERVAL_MS,
-        "chunks_per_stream": chunks,
         "idle": idle_results,
-        "stable": stable,
+        "relay": relay,
+        "mock": mock,
         "idle_summary": {
             kind: summary([r["kib_per_conn"] for r in rows if "kib_per_conn" in r])
             for kind, rows in idle_results.items()
         },
     }
+
+
+def _ms(m: dict[str, Any]) -> str:
+    """p50 / p99 / max, ms (None when a run had no counted chunk)."""
+    vals = [m.get(q) for q in ("p50", "p99", "max")]
+    return " / ".join("n/a" if v is None else f"{v:.2f}" for v in vals)
+
+
+def _share(v: float | None) -> str:
+    return "n/a" if v is None or v != v else f"{v:.2f}"
+
+
+def _headline(relay: dict[str, Any]) -> str:
+    best, limit, stop = relay["max_stable"], relay["limit"], relay.get("stopped_at")
+    text = f"**Largest stable relayed level: {best} streams**"
+    if limit == "bound":
+        return text + f" (every level up to the bound, {relay['bound']}, was stable)."
+    row = next(x for x in relay["levels"] if x["streams"] == stop)
+    g = row["relayed"]
+    why = "no counted chunk" if g["p99"] is None else f"gateway p99 {g['p99']:.1f} ms"
+    if g["incomplete"]:
+        why += f", {g['incomplete']} streams incomplete"
+    if limit == "gateway":
+        if not row["offered"] and row.get("offered_per_s"):
+            nominal = stop * 1000 / relay["interval_ms"]
+            why += (
+                f", with the fake behind its cadence: {row['offered_per_s']:,.0f} of "
+                f"{nominal:,.0f} chunks/s"
+            )
+        return text + f"; at {stop} the gateway was the limit ({why})."
+    cause = (
+        "the fake fell behind its cadence"
+        if row["relay_rule"]
+        else "the direct path failed the rule too"
+    )
+    text += (
+        f"; at {stop} ({why}) {cause}, so CPU 1 (the fake and the client) could not offer "
+        "the load and this run cannot tell whether the gateway holds "
+        + (f"more than {best}" if best else f"{stop}")
+    )
+    us, share = row.get("gateway_us_per_chunk"), row.get("gateway_share")
+    if us and share is not None:
+        text += (
+            f". There the gateway used {share:.2f} of its core at {row['offered_per_s']:,.0f} "
+            f"chunks/s, {us:.0f} us per relayed chunk: a whole core at that cost relays about "
+            f"{1e6 / us / (1000 / relay['interval_ms']):,.0f} streams at "
+            f"{relay['interval_ms']} ms (an extrapolation, not a measurement)"
+        )
+    return text + "."
+
+
+def _pace(m: dict[str, Any]) -> str:
+    v = m.get("pace_max")
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def _relay_markdown(relay: dict[str, Any]) -> list[str]:
+    lines = [
+        f"Relayed streams: `sse-engine serve --provider openai` on CPU 0 relays N streams at once "
+        f"from the fake OpenAI upstream (`python -m engine.testing openai --stamp`, one chunk per "
+        f"stream every {relay['interval_ms']} ms, stamped with its send time) on CPU 1; the client "
+        f"(`bench_latency.measure`) shares CPU 1. {relay['chunks_per_stream']} chunks per stream, "
+        "stream starts staggered over one period, the first "
+        f"{relay['warm_chunks']} chunks of each stream not counted; delay = receipt - stamp. "
+        "Direct = the same N streams read straight from the fake, right before (the floor: "
+        f"CPU 1 alone). Stable = every stream complete and p99 <= {STABLE_P99_MS:g} ms; the "
+        "ladder steps by 250 and stops after the first unstable level. CPU shares are over the "
+        "counted chunks (1.00 = a whole core): the gateway's, and CPU 1's (fake + client). "
+        "Fake pace = the largest per-stream mean interval between counted stamps: the fake "
+        "stamps at write, so one starved of CPU sends late and offers less load without "
+        f"raising the delays; it holds its cadence at <= {PACE_SLACK:g} x "
+        f"{relay['interval_ms']} ms. A level is stable when the relayed streams keep the rule "
+        "and the fake held its cadence. It is not measurable (CPU 1, not the gateway, is the "
+        "limit) when the relayed streams keep the rule but the fake fell behind, or break it "
+        "while the direct path breaks it too; relayed streams that break the rule while the "
+        "direct ones keep it are the gateway's (a fake behind its cadence only offered less). "
+        "chunks/s = what the fake sent through the gateway (streams / median pace); us per "
+        "chunk = the gateway's CPU per relayed chunk at that rate. " + _headline(relay),
+        "",
+        "| streams | relayed: complete | p50 / p99 / max ms | fake pace ms | chunks/s "
+        "| gateway CPU | us per chunk | CPU 1 | direct: complete | p50 / p99 / max ms "
+        "| fake pace ms | CPU 1 | stable (relayed) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for x in relay["levels"]:
+        n, g, d = x["streams"], x["relayed"], x["direct"]
+        rate, us = x.get("offered_per_s"), x.get("gateway_us_per_chunk")
+        lines.append(
+            f"| {n} | {n - g['incomplete']} | {_ms(g)} | {_pace(g)} | "
+            f"{'n/a' if rate is None else format(rate, ',.0f')} | "
+            f"{_share(g['cpu_share'].get('gateway'))} | {'n/a' if us is None else f'{us:.0f}'} | "
+            f"{_share(_cpu1(g['cpu_share']))} | {n - d['incomplete']} | {_ms(d)} | {_pace(d)} | "
+            f"{_share(_cpu1(d['cpu_share']))} | {_verdict(x)} |"
+        )
+    return lines
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -232,75 +453,112 @@ def markdown(r: dict[str, Any]) -> str:
                 f"{x['rss_after_kib'] / 1024:.1f} | {x['kib_per_conn']:.2f} | "
                 f"{x['connect_s']:.1f} |"
             )
-    st = r["stable"]
-    lines += [
-        "",
-        f"Paced streams: the mock at {r['interval_ms']} ms, {r['chunks_per_stream']} chunks per "
-        "stream, all started at once (connections opened 256 at a time). Delay = lateness past "
-        f"{r['interval_ms']} ms after the stream's previous frame, at the client. Stable = all "
-        f"complete, p99 <= {STABLE_P99_MS:g} ms and the CPU needed at full cadence <= "
-        f"{MAX_CPU_SHARE:.0%} of the core. "
-        f"**Largest stable level for sse-engine: {st['max_stable']} streams.**",
-        "",
-        "| server | streams | complete | delay p50 ms | p99 ms | max ms | "
-        "mean gap p50 / p99 ms | server CPU share | CPU at cadence | stable |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    rows = [("native", x) for x in st["ladder"]] + list(st["peers"].items())
-    for kind, x in rows:
-        lines.append(
-            f"| {LABELS[kind]} | {x['clients']} | {x['complete']} | {x['p50_ms']:.2f} | "
-            f"{x['p99_ms']:.2f} | {x['max_ms']:.1f} | "
-            f"{x['gap_p50_ms']:.2f} / {x['gap_p99_ms']:.2f} | {x['server_cpu_share']:.2f} | "
-            f"{x['cpu_at_cadence']:.2f} | "
-            f"{'yes' if x['stable'] else 'no'} |"
-        )
     summ = r["idle_summary"]
     lines += [
         "",
         "KiB per idle stream across levels (median, min-max): "
         + "; ".join(f"{LABELS[k]} {fmt_range(v, '.2f')}" for k, v in summ.items()),
+        "",
     ]
+    if "relay" in r:
+        lines += _relay_markdown(r["relay"])
+    else:
+        lines.append("Relayed streams: not measured by this (older) run.")
+    mock = r.get("mock")
+    if not mock:
+        return "\n".join(lines)
+    lines += [
+        "",
+        f"Paced mock at {r['interval_ms']} ms, **not relayed** (secondary: the peers cannot "
+        f"relay, so every server streams its own mock): {mock['level']} streams, "
+        f"{mock['chunks_per_stream']} chunks per stream, all started at once (connections "
+        "opened 256 at a time). Delay = lateness past "
+        f"{r['interval_ms']} ms after the stream's previous frame, at the client. The mock "
+        "sleeps after each write, so a saturated server slows every stream instead of making "
+        "single chunks late: a server holds the cadence when all streams complete, p99 <= "
+        f"{STABLE_P99_MS:g} ms and the CPU it would need at the full cadence (CPU share x mean "
+        f"gap / {r['interval_ms']} ms) is <= {MAX_CPU_SHARE:.0%} of the core.",
+        "",
+        "| server | streams | complete | delay p50 ms | p99 ms | max ms | "
+        "mean gap p50 / p99 ms | server CPU share | CPU at cadence | holds cadence |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for kind, x in mock["servers"].items():
+        lines.append(
+            f"| {LABELS[kind]} | {x['clients']} | {x['complete']} | {x['p50_ms']:.2f} | "
+            f"{x['p99_ms']:.2f} | {x['max_ms']:.1f} | "
+            f"{x['gap_p50_ms']:.2f} / {x['gap_p99_ms']:.2f} | {x['server_cpu_share']:.2f} | "
+            f"{x['cpu_at_cadence']:.2f} | "
+            f"{'yes' if x['holds_cadence'] else 'no'} |"
+        )
     return "\n".join(lines)
+
+
+def _cdf(ax: Any, cdf: list[float], **kw: Any) -> None:
+    ys = [(i + 1) / len(cdf) for i in range(len(cdf))]
+    ax.plot([max(v, 1e-3) for v in cdf], ys, **kw)
+
+
+def _save(fig: Any, ax: Any, xlabel: str, title: str, path: Any) -> Any:
+    import matplotlib.pyplot as plt
+
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("fraction of chunks")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot(r: dict[str, Any], outdir: Any) -> list[str]:
     import matplotlib.pyplot as plt
 
-    st = r["stable"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for kind, x in st["peers"].items():
-        cdf = x["cdf_ms"]
-        if not cdf:
-            continue
-        ys = [(i + 1) / len(cdf) for i in range(len(cdf))]
-        ax.plot([max(v, 1e-3) for v in cdf], ys, label=f"{LABELS[kind]} (p99 {x['p99_ms']:.1f})")
-    ax.set_xscale("log")
-    ax.set_xlabel("chunk delay past the 20 ms cadence, ms (log)")
-    ax.set_ylabel("fraction of chunks")
-    ax.set_title(f"Per-chunk delay CDF, {st['peer_level']} paced streams, server on one core")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path1 = outdir / "latency_cdf.png"
-    fig.savefig(path1, dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for x in st["ladder"]:
-        cdf = x["cdf_ms"]
-        if cdf:
-            ys = [(i + 1) / len(cdf) for i in range(len(cdf))]
-            ax.plot([max(v, 1e-3) for v in cdf], ys, label=f"{x['clients']} streams")
-    ax.axvline(STABLE_P99_MS, color="grey", linestyle="--", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("chunk delay past the 20 ms cadence, ms (log)")
-    ax.set_ylabel("fraction of chunks")
-    ax.set_title("sse-engine: per-chunk delay CDF by number of paced streams")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    path2 = outdir / "concurrency_cdf.png"
-    fig.savefig(path2, dpi=110)
-    plt.close(fig)
-    return [path1.name, path2.name]
+    paths = []
+    mock = r.get("mock")
+    if mock:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for kind, x in mock["servers"].items():
+            if x["cdf_ms"]:
+                _cdf(ax, x["cdf_ms"], label=f"{LABELS[kind]} (p99 {x['p99_ms']:.1f})")
+        title = f"Per-chunk delay CDF, {mock['level']} streams of each server's mock at 20 ms"
+        paths.append(
+            _save(
+                fig,
+                ax,
+                "chunk delay past the 20 ms cadence, ms (log)",
+                title + " (not relayed)",
+                outdir / "latency_cdf.png",
+            )
+        )
+    relay = r.get("relay")
+    if relay and relay["levels"]:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for x in relay["levels"]:
+            g = x["relayed"]
+            if g.get("cdf_ms"):
+                p99 = "n/a" if g["p99"] is None else f"{g['p99']:.1f}"
+                _cdf(ax, g["cdf_ms"], label=f"{x['streams']} relayed (p99 {p99})")
+        last = relay["levels"][-1]
+        if last["direct"].get("cdf_ms"):
+            _cdf(
+                ax,
+                last["direct"]["cdf_ms"],
+                color="grey",
+                linestyle=":",
+                label=f"{last['streams']} direct from the fake (floor)",
+            )
+        ax.axvline(STABLE_P99_MS, color="grey", linestyle="--", linewidth=1)
+        paths.append(
+            _save(
+                fig,
+                ax,
+                "chunk delay, receipt - upstream send stamp, ms (log)",
+                "sse-engine relaying a fake OpenAI upstream: per-chunk delay CDF by streams",
+                outdir / "concurrency_cdf.png",
+            )
+        )
+    return [p.name for p in paths]

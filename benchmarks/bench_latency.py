@@ -39,10 +39,11 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
 from ._harness import LOADGEN_CPU, Server, log, percentile, raise_nofile, summary
+from ._loadgen import cpu_seconds
 
 INTERVAL_MS = 20
 LEVELS = (1, 100, 1000)
@@ -53,12 +54,13 @@ WARM = {1: 5, 100: 10, 1000: 25}
 TTFB_REQUESTS = (20, 30)
 LEVEL_TIMEOUT = 60.0
 _STAMP = re.compile(rb'"content":"(\d{19})"')
+T = TypeVar("T")
 
 
 # -- the processes -----------------------------------------------------------------
 
 
-class _Fake(Server):
+class Fake(Server):
     """``python -m engine.testing openai --stamp N`` on uvloop; moved to CPU 1 once up."""
 
     def __init__(self, chunks: int) -> None:
@@ -85,14 +87,14 @@ class _Fake(Server):
             "0",
         ]
 
-    def start(self, timeout: float = 20.0) -> _Fake:
+    def start(self, timeout: float = 20.0) -> Fake:
         super().start(timeout)
         if LOADGEN_CPU < (os.cpu_count() or 1):
             os.sched_setaffinity(self.pid, {LOADGEN_CPU})
         return self
 
 
-class _Gateway(Server):
+class Gateway(Server):
     """``sse-engine serve --provider openai`` (the harness's native command), CPU 0."""
 
     def __init__(self, upstream: str) -> None:
@@ -102,7 +104,7 @@ class _Gateway(Server):
     def command(self) -> list[str]:
         return [*super().command(), "--provider", "openai"]
 
-    def start(self, timeout: float = 20.0) -> _Gateway:
+    def start(self, timeout: float = 20.0) -> Gateway:
         env = {"OPENAI_BASE_URL": f"{self.upstream}/v1", "OPENAI_API_KEY": "bench-key"}
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
@@ -118,7 +120,7 @@ class _Gateway(Server):
 
 
 @contextlib.contextmanager
-def _on_cpu(cpu: int) -> Iterator[None]:
+def on_cpu(cpu: int) -> Iterator[None]:
     saved = os.sched_getaffinity(0)
     if cpu < (os.cpu_count() or 1):
         os.sched_setaffinity(0, {cpu})
@@ -145,7 +147,10 @@ def _request(gateway: bool) -> bytes:
 
 
 class _StampConn(asyncio.Protocol):
-    """One stream: per content chunk, receipt (``time_ns`` at read) minus its stamp."""
+    """One stream: per content chunk, receipt (``time_ns`` at read) minus its stamp.
+
+    Also the stamps of the first and last counted chunks, for the fake's own pace.
+    """
 
     def __init__(self, out: list[float] | None, skip: int) -> None:
         loop = asyncio.get_running_loop()
@@ -155,6 +160,7 @@ class _StampConn(asyncio.Protocol):
         self.n = 0
         self.ok: bool | None = None
         self.first_ns = 0
+        self.stamps = [0, 0]
         self.first: asyncio.Future[None] = loop.create_future()
         self.done: asyncio.Future[None] = loop.create_future()
         self.transport: asyncio.Transport | None = None
@@ -178,7 +184,11 @@ class _StampConn(asyncio.Protocol):
                 if not self.first.done():
                     self.first.set_result(None)
             if self.out is not None and self.n > self.skip:
-                self.out.append((now - int(m.group(1))) / 1e6)
+                stamp = int(m.group(1))
+                self.out.append((now - stamp) / 1e6)
+                if self.n == self.skip + 1:
+                    self.stamps[0] = stamp
+                self.stamps[1] = stamp
         self.buf = buf[end + 2 :]
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -193,15 +203,35 @@ async def _open(port: int, out: list[float] | None, skip: int) -> _StampConn:
     return conn
 
 
-async def measure(port: int, *, gateway: bool, streams: int, chunks: int) -> dict[str, Any]:
-    """``streams`` streams started over one cadence period; percentiles (ms) after warm-up."""
+async def measure(
+    port: int,
+    *,
+    gateway: bool,
+    streams: int,
+    chunks: int,
+    warm: int | None = None,
+    cpu: dict[str, int] | None = None,
+    cdf: int = 0,
+) -> dict[str, Any]:
+    """``streams`` streams started over one cadence period; percentiles (ms) after warm-up.
+
+    ``warm``: chunks per stream not counted (default: ``WARM`` by level). ``cpu``:
+    processes (name: pid) whose CPU share is read over the counted part of the streams,
+    reported with this process's (``client``) as ``cpu_share``. ``cdf``: also return about
+    that many evenly spaced sorted delays (``cdf_ms``). ``pace_p50``/``pace_max``: the
+    fake's own mean interval per stream between counted stamps, over the streams (it
+    stamps at write, so a fake short of CPU shows here, not in the delays). A stream that
+    cannot connect (``errors``), fails or is still running at the deadline
+    (``timed_out``) counts as incomplete.
+    """
     loop = asyncio.get_running_loop()
-    skip = WARM.get(streams, 10)
+    skip = WARM.get(streams, 10) if warm is None else warm
     request = _request(gateway)
     latencies: list[float] = []
     conns: list[_StampConn] = []
     step = INTERVAL_MS / 1000 / streams
     t0 = loop.time() + 0.05
+    shares: dict[str, float] = {}
 
     async def one(i: int) -> None:
         await asyncio.sleep(max(0.0, t0 + i * step - loop.time()))
@@ -211,24 +241,57 @@ async def measure(port: int, *, gateway: bool, streams: int, chunks: int) -> dic
         conn.transport.write(request)
         await conn.done
 
+    async def watch(pids: dict[str, int]) -> None:
+        # The counted chunks are sent from about t0 + skip to t0 + chunks - 1 periods.
+        def read() -> tuple[float, dict[str, float]]:
+            used = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            used["client"] = time.process_time()
+            return loop.time(), used
+
+        await asyncio.sleep(max(0.0, t0 + skip * INTERVAL_MS / 1000 - loop.time()))
+        a, before = read()
+        await asyncio.sleep(max(0.0, t0 + (chunks - 1) * INTERVAL_MS / 1000 - loop.time()))
+        b, after = read()
+        shares.update({name: (after[name] - before[name]) / (b - a) for name in after})
+
+    watcher = asyncio.ensure_future(watch(cpu)) if cpu is not None and chunks > skip + 1 else None
     tasks = [asyncio.ensure_future(one(i)) for i in range(streams)]
     try:
-        await asyncio.wait_for(asyncio.gather(*tasks), LEVEL_TIMEOUT + chunks * INTERVAL_MS / 1000)
+        _, pending = await asyncio.wait(tasks, timeout=LEVEL_TIMEOUT + chunks * INTERVAL_MS / 1000)
     finally:
         for t in tasks:
             t.cancel()
         for c in conns:
             if c.transport is not None:
                 c.transport.abort()
+        if watcher is not None:
+            watcher.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    errors = sum(1 for t in tasks if not t.cancelled() and t.exception() is not None)
     incomplete = sum(1 for c in conns if not c.ok or c.n != chunks) + (streams - len(conns))
     latencies.sort()
-    return {
+    # The fake's pace: per stream, the mean interval between its counted chunks' stamps.
+    # Stamps are taken at write, so a fake starved of CPU sends late without showing it in
+    # the delays; it offers less load instead, which this shows.
+    pace = sorted(
+        (c.stamps[1] - c.stamps[0]) / 1e6 / (c.n - skip - 1) for c in conns if c.n - skip > 1
+    )
+    out: dict[str, Any] = {
         "p50": percentile(latencies, 50),
         "p99": percentile(latencies, 99),
         "max": latencies[-1] if latencies else float("nan"),
         "chunks": len(latencies),
         "incomplete": incomplete,
+        "errors": errors,
+        "timed_out": len(pending),
+        "pace_p50": percentile(pace, 50),
+        "pace_max": pace[-1] if pace else float("nan"),
     }
+    if cpu is not None:
+        out["cpu_share"] = shares
+    if cdf:
+        out["cdf_ms"] = latencies[:: max(1, len(latencies) // cdf)]
+    return out
 
 
 async def ttfb_once(port: int, gateway: bool) -> float:
@@ -293,13 +356,12 @@ async def _run_all(
     return results
 
 
-def _client(
-    fake_port: int, gateway_port: int, chunks: int, rounds: int, n_ttfb: int
-) -> dict[str, Any]:
+def run_client(work: Coroutine[Any, Any, T]) -> T:
+    """Run ``work`` as the client: on uvloop, this process pinned to CPU 1 meanwhile."""
     import uvloop
 
-    with _on_cpu(LOADGEN_CPU), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(_run_all(fake_port, gateway_port, chunks, rounds, n_ttfb))
+    with on_cpu(LOADGEN_CPU), asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(work)
 
 
 def main(quick: bool = False) -> dict[str, Any]:
@@ -309,8 +371,8 @@ def main(quick: bool = False) -> dict[str, Any]:
     rounds = ROUNDS[0] if quick else ROUNDS[1]
     n_ttfb = TTFB_REQUESTS[0] if quick else TTFB_REQUESTS[1]
     started = time.monotonic()
-    with _Fake(chunks) as fake, _Gateway(f"http://127.0.0.1:{fake.port}") as gateway:
-        results = _client(fake.port, gateway.port, chunks, rounds, n_ttfb)
+    with Fake(chunks) as fake, Gateway(f"http://127.0.0.1:{fake.port}") as gateway:
+        results = run_client(_run_all(fake.port, gateway.port, chunks, rounds, n_ttfb))
         banner = gateway.banner
     results["meta"] = {
         "interval_ms": INTERVAL_MS,
