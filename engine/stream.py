@@ -460,7 +460,9 @@ class EventStream:
         except ConnectionResetError as exc:
             self._closed = True
             raise ClientDisconnectedError(str(exc) or "the client closed the connection") from exc
-        self._chunked = response.chunked and not response.compression
+        # The writer, not the response, knows whether aiohttp chose chunked
+        # encoding (it does for any HTTP/1.1 body of unknown length).
+        self._chunked = writer.chunked and writer.length is None and not response.compression
         self._last_write = self._loop.time()
         return transport.get_write_buffer_size() > self._high_water
 

@@ -11,7 +11,8 @@ adapters only build request bodies and map events:
 * :class:`Upstream` posts a request with bounded retries (429, 5xx, connect
   errors; exponential backoff with full jitter, honouring Retry-After) and the
   three timeouts (connect, first byte, gap between chunks);
-* :func:`iter_events` feeds the body, as it arrives, to the sans-IO SSE decoder.
+* :meth:`HTTPProvider._chunks` feeds the body, as it arrives, to the sans-IO SSE
+  decoder and each event to the adapter's :class:`StreamParser`.
 
 Retries happen only inside :meth:`Upstream.post`, that is before the caller has
 accepted the response: once a chunk may have gone out, a failure is reported,
@@ -64,7 +65,6 @@ __all__ = [
     "Upstream",
     "close_response",
     "decode_view",
-    "iter_events",
     "parse_retry_after",
     "read_json",
     "redact",
@@ -287,40 +287,6 @@ async def read_json(resp: aiohttp.ClientResponse, *, idle_timeout: float) -> byt
         if not data:
             return b"".join(parts)
         parts.append(data)
-
-
-async def iter_events(
-    resp: aiohttp.ClientResponse, *, idle_timeout: float
-) -> AsyncGenerator[ServerSentEvent, None]:
-    """Yield each event of ``resp``'s body as soon as its blank line arrives.
-
-    Bytes go to :class:`~engine.sse.Decoder` exactly as the socket delivers
-    them (``readany``): no line buffering, no fixed read size. Each read is
-    bounded by ``idle_timeout``; the caller wraps iteration in
-    :func:`translate_errors`.
-    """
-    decoder = Decoder()
-    content = resp.content
-    idle = _IdleDeadline(idle_timeout)
-    try:
-        while True:
-            idle.reading()
-            try:
-                data = await content.readany()
-            except asyncio.CancelledError:
-                if idle.expired():
-                    raise UpstreamTimeout(
-                        f"no data from the upstream for {idle_timeout:g} s (idle_timeout)"
-                    ) from None
-                raise
-            idle.paused()
-            if not data:
-                decoder.flush()
-                return
-            for event in decoder.feed(data):
-                yield event
-    finally:
-        idle.cancel()
 
 
 class _IdleDeadline:
@@ -631,11 +597,36 @@ class HTTPProvider(Provider):
     async def _chunks(
         self, resp: aiohttp.ClientResponse, parser: StreamParser
     ) -> AsyncGenerator[Chunk, None]:
+        """Each chunk of ``resp``'s body the moment its event's blank line arrives.
+
+        Bytes go to :class:`~engine.sse.Decoder` exactly as the socket delivers
+        them (``readany``: no line buffering, no fixed read size), and each event
+        to ``parser``. The read loop is written out here rather than in a second
+        generator: at one chunk per read (a steady token cadence) every layer of
+        generator costs each chunk a resumption (benchmarks/NOTES.md, Change 8).
+        The gap between reads is bounded by ``idle_timeout`` (:class:`_IdleDeadline`).
+        """
+        idle_timeout = self.settings.idle_timeout
+        idle = _IdleDeadline(idle_timeout)
+        decoder = Decoder()
+        content = resp.content
         try:
             with translate_errors(self.http.secrets):
-                events = iter_events(resp, idle_timeout=self.settings.idle_timeout)
-                async with contextlib.aclosing(events):
-                    async for event in events:
+                while not parser.done:
+                    idle.reading()
+                    try:
+                        data = await content.readany()
+                    except asyncio.CancelledError:
+                        if idle.expired():
+                            raise UpstreamTimeout(
+                                f"no data from the upstream for {idle_timeout:g} s (idle_timeout)"
+                            ) from None
+                        raise
+                    idle.paused()
+                    if not data:
+                        decoder.flush()
+                        break
+                    for event in decoder.feed(data):
                         chunk = parser.event(event)
                         if chunk is not None:
                             yield chunk
@@ -645,9 +636,11 @@ class HTTPProvider(Provider):
                     chunk = parser.end()
                     if chunk is not None:
                         yield chunk
+            idle.cancel()
             if not resp.content.at_eof():
                 await _drain(resp)
         finally:
+            idle.cancel()
             close_response(resp)
 
     async def send(
