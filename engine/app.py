@@ -290,6 +290,7 @@ async def relay(
                 await memory.store_request()
             async with stream:
                 await stream.send_frame(start)
+                del start  # an idle stream holds no more than it needs
                 n = 0
                 finish_reason = None
                 usage = None

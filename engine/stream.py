@@ -215,6 +215,20 @@ class StreamSupervisor:
         self._task = None
 
 
+def _stop_keepalive_timer(request: web.BaseRequest) -> None:
+    """Drop the idle-connection timer aiohttp armed when the connection opened.
+
+    It closes connections that never send a request; once a stream has begun
+    it can only find the handler busy and do nothing, yet it holds a timer
+    handle for the first ``keepalive_timeout`` (75 s) of every stream: about
+    600 bytes of each idle stream (benchmarks/NOTES.md, Change 9). aiohttp
+    re-arms it itself after the response, for the next request.
+    """
+    keep_alive = getattr(request.protocol, "keep_alive", None)
+    if keep_alive is not None:
+        keep_alive(True)  # keeps keep-alive on (it is on while a request runs); cancels the timer
+
+
 def _limit_unacked(transport: asyncio.BaseTransport, seconds: float) -> None:
     """Let the kernel drop a connection whose data stays unacknowledged for ``seconds``.
 
@@ -344,6 +358,7 @@ class EventStream:
         self._response = response
         self._writer = writer
         self._transport = transport
+        _stop_keepalive_timer(self._request)
         self._high_water = transport.get_write_buffer_limits()[1]
         _limit_unacked(transport, self.send_timeout)
         self._loop = loop = asyncio.get_running_loop()
@@ -583,8 +598,26 @@ class EventStream:
         if transport is None or transport.is_closing() or self._request.transport is None:
             self._interrupt("disconnect")
         elif self._last_write <= due and not self._busy and not self._closed:
-            self._last_write = due + supervisor.heartbeat  # no second heartbeat in flight
-            supervisor._spawn(self._heartbeat())
+            if not self._chunked:  # the first write, or a body aiohttp must frame
+                self._last_write = due + supervisor.heartbeat  # no second heartbeat in flight
+                supervisor._spawn(self._heartbeat())
+                return
+            # Written in place: ten thousand idle streams cost no task each per
+            # heartbeat (nor a slot each in asyncio's task registry).
+            try:
+                behind = self._put(_KEEPALIVE)
+            except ConnectionResetError:
+                self._interrupt("disconnect")
+                return
+            if behind:  # a reader that stopped reading: bounded by send_timeout
+                self._busy = True
+                supervisor._spawn(self._drain_heartbeat())
+
+    async def _drain_heartbeat(self) -> None:
+        try:
+            await self._drain()
+        except ConnectionResetError:
+            self._interrupt("disconnect")
 
     async def _heartbeat(self) -> None:
         try:
