@@ -351,3 +351,25 @@ async def test_the_body_on_the_wire_is_exact_for_both_http_versions(version, int
     assert chunks[-1]["finish_reason"] == "stop"
     sid = json.loads(events[0].data)["stream_id"]
     assert [e.id for e in events] == [f"{sid}:{k}" for k in range(n + 2)]
+
+
+async def test_a_kept_alive_connection_serves_another_request_after_a_stream():
+    """Streams stop aiohttp's idle-connection timer while they run; the connection
+    must still be kept alive and reused for the next request, as before."""
+    app = create_app(make_config(heartbeat=0.05))
+    body = {"messages": [{"role": "user", "content": "hi"}], "options": {"max_tokens": 5}}
+    async with running(app, handler_cancellation=False) as url:
+        connector = aiohttp.TCPConnector(limit=1)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            ports = []
+            for _ in range(3):
+                async with session.post(url + "/v1/chat/stream", json=body) as resp:
+                    assert resp.status == 200
+                    assert resp.connection is not None and resp.connection.transport is not None
+                    ports.append(resp.connection.transport.get_extra_info("sockname")[1])
+                    events = await read_events(resp)
+                assert events[-1].event == "done"
+                await asyncio.sleep(0.15)  # heartbeats ticked meanwhile; nothing left half-written
+            async with session.get(url + "/healthz") as resp:
+                assert resp.status == 200
+    assert len(set(ports)) == 1, "every request went over the one kept-alive connection"
