@@ -345,6 +345,7 @@ async def _run_all(
                 q: summary([row[path][q] for row in rows]) for q in ("p50", "p99", "max")
             }
             level[path]["incomplete"] = sum(row[path]["incomplete"] for row in rows)
+            level[path]["pace_p50"] = summary([row[path].get("pace_p50") for row in rows])
         for q in ("p50", "p99", "max"):
             level[f"added_{q}"] = summary([row["gateway"][q] - row["direct"][q] for row in rows])
         results[str(streams)] = level
@@ -393,6 +394,18 @@ def _r(s: dict[str, Any]) -> str:
     return f"{s['median']:.3f} ({s['min']:.3f}-{s['max']:.3f})"
 
 
+def _pace(r: dict[str, Any]) -> str:
+    pace = r.get("pace_p50")
+    return f"{pace['median']:.1f}" if pace and pace.get("n") else "n/a"
+
+
+def _offered(streams: int, r: dict[str, Any]) -> str:
+    pace = r.get("pace_p50")
+    if not pace or not pace.get("n") or not pace["median"] > 0:
+        return "n/a"
+    return f"{streams * 1000 / max(pace['median'], INTERVAL_MS):,.0f}"
+
+
 def _print_table(results: dict[str, Any]) -> None:
     meta = results["meta"]
     print(
@@ -402,14 +415,16 @@ def _print_table(results: dict[str, Any]) -> None:
         f"{meta['warm_chunks']} chunks per stream not counted"
     )
     print(f"gateway: {meta['gateway']}")
-    print(f"{'streams':>7}  {'path':<8} {'p50':>26} {'p99':>26} {'max':>26}  incomplete")
+    print(
+        f"{'streams':>7}  {'path':<8} {'p50':>26} {'p99':>26} {'max':>26}  incomplete  fake pace ms"
+    )
     for streams in LEVELS:
         row = results[str(streams)]
         for path in ("direct", "gateway"):
             r = row[path]
             print(
                 f"{streams:>7}  {path:<8} {_r(r['p50']):>26} {_r(r['p99']):>26} "
-                f"{_r(r['max']):>26}  {r['incomplete']}"
+                f"{_r(r['max']):>26}  {r['incomplete']:>10}  {_pace(r)}"
             )
         print(
             f"{streams:>7}  {'added':<8} {_r(row['added_p50']):>26} {_r(row['added_p99']):>26} "
@@ -432,10 +447,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"{meta['interval_ms']} ms, stream starts staggered over one period, the first "
         f"{meta['warm_chunks']} chunks of each stream not counted. Gateway (`sse-engine serve "
         "--provider openai`) on CPU 0; the fake upstream and the client on CPU 1; uvloop. "
-        "`added` = gateway - direct, percentile by percentile within a round.",
+        "`added` = gateway - direct, percentile by percentile within a round. `fake pace`: the "
+        "median over streams of the mean interval between the fake's stamps; above 20 ms, CPU 1 "
+        "(the fake and the client) could not offer the full load, and the level ran at about "
+        "streams x 1000 / pace chunks/s instead of streams x 50.",
         "",
-        "| streams | path | p50 | p99 | max | incomplete streams |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| streams | path | p50 | p99 | max | incomplete | fake pace ms | chunks/s offered |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for streams in LEVELS:
         row = results.get(str(streams))
@@ -445,11 +463,11 @@ def markdown(results: dict[str, Any]) -> str:
             r = row[path]
             lines.append(
                 f"| {streams} | {path} | {_r(r['p50'])} | {_r(r['p99'])} | {_r(r['max'])} "
-                f"| {r['incomplete']} |"
+                f"| {r['incomplete']} | {_pace(r)} | {_offered(streams, r)} |"
             )
         lines.append(
             f"| {streams} | **added** | {_r(row['added_p50'])} | {_r(row['added_p99'])} "
-            f"| {_r(row['added_max'])} | |"
+            f"| {_r(row['added_max'])} | | | |"
         )
     t = results["ttfb"]
     lines += [
