@@ -28,6 +28,15 @@ count as stable; relayed streams that keep the rule while it fell behind are
 are the gateway's. The gateway's CPU share (and its CPU per relayed chunk) and
 CPU 1's (fake + client) over the counted chunks are reported, not judged.
 
+Relay floor: ``benchmarks/servers/raw_relay.py`` (a raw asyncio Protocol on
+uvloop that relays the same fake with no framework, no JSON parsing and no
+stream state), started like the gateway (CPU 0, ``OPENAI_BASE_URL`` at the
+fake), is measured right after the gateway at every level, judged by the same
+rule against the same direct floor, and climbs until its own first unstable
+level (bounded by the same last level), so the table shows the largest stable
+level and the CPU per relayed chunk of the gateway next to what any Python
+relay pays on this machine.
+
 Paced mock, not relayed (secondary; the peers cannot relay): every server
 under test streams its own mock at ``interval_ms=20`` to 1,000 streams at once
 (500 with ``--quick``), for the per-server delay CDF. A chunk's delay there is how
@@ -43,6 +52,7 @@ all streams were open, times the streams' mean gap / 20 ms) to be <= 90%.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -184,44 +194,87 @@ def _paced(m: dict[str, Any]) -> bool:
     return m["pace_max"] <= RELAY_INTERVAL_MS * PACE_SLACK
 
 
-async def _ladder(fake: Fake, gateway: Gateway, levels: tuple[int, ...], chunks: int) -> list[Any]:
-    pids = {"gateway": gateway.pid, "fake": fake.pid}
+class RawRelay(Gateway):
+    """``benchmarks.servers.raw_relay`` (the relay floor), started like the gateway: CPU 0,
+    ``OPENAI_BASE_URL`` at the fake."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.kind = "raw-relay"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "benchmarks.servers.raw_relay"]
+
+
+def _judge(n: int, direct: dict[str, Any], relay: dict[str, Any], name: str) -> dict[str, Any]:
+    """One relayed row (``name``: the relay's pid key, ``gateway`` or ``floor``)."""
+    row: dict[str, Any] = {
+        "streams": n,
+        "direct": direct,
+        "relayed": relay,
+        # The floor: CPU 1 (fake + client) alone delivers N streams within the rule.
+        "direct_stable": _stable(direct),
+        # The relayed streams within the rule; the fake kept its pace, so the relay got
+        # the load the level names.
+        "relay_rule": _stable(relay),
+        "offered": _paced(relay),
+        "stable": _stable(relay) and _paced(relay),
+    }
+    # What the fake actually sent (per stream one chunk per pace), and the relay's CPU per
+    # relayed chunk at that rate.
+    rate = n * 1000 / relay["pace_p50"] if relay["pace_p50"] > 0 else float("nan")
+    row["offered_per_s"] = rate
+    row[f"{name}_share"] = relay["cpu_share"].get(name, float("nan"))
+    row[f"{name}_us_per_chunk"] = row[f"{name}_share"] * 1e6 / rate
+    return row
+
+
+async def _ladder(
+    fake: Fake, gateway: Gateway, floor: RawRelay, levels: tuple[int, ...], chunks: int
+) -> tuple[list[Any], list[Any]]:
+    """Gateway rows and floor rows: each climbs until its own first unstable level."""
+    pids = {"gateway": gateway.pid, "floor": floor.pid, "fake": fake.pid}
     args: dict[str, Any] = {"chunks": chunks, "warm": RELAY_WARM, "cpu": pids, "cdf": 400}
-    for port, relayed in ((fake.port, False), (gateway.port, True)):  # connections, imports
-        await measure(port, gateway=relayed, streams=10, **args)
-    rows: list[dict[str, Any]] = []
+    relays = {"gateway": gateway.port, "floor": floor.port}
+    for port, relayed in ((fake.port, False), (gateway.port, True), (floor.port, True)):
+        await measure(port, gateway=relayed, streams=10, **args)  # connections, imports
+    rows: dict[str, list[dict[str, Any]]] = {"gateway": [], "floor": []}
+    climbing = set(relays)
     for n in levels:
         direct = await measure(fake.port, gateway=False, streams=n, **args)
-        await asyncio.sleep(0.5)
-        relay = await measure(gateway.port, gateway=True, streams=n, **args)
-        row = {
-            "streams": n,
-            "direct": direct,
-            "relayed": relay,
-            # The floor: CPU 1 (fake + client) alone delivers N streams within the rule.
-            "direct_stable": _stable(direct),
-            # The relayed streams within the rule; the fake kept its pace, so the gateway
-            # got the load the level names.
-            "relay_rule": _stable(relay),
-            "offered": _paced(relay),
-            "stable": _stable(relay) and _paced(relay),
-        }
-        # What the fake actually sent (per stream one chunk per pace), and the gateway's CPU
-        # per relayed chunk at that rate.
-        rate = n * 1000 / relay["pace_p50"] if relay["pace_p50"] > 0 else float("nan")
-        row["offered_per_s"] = rate
-        row["gateway_share"] = relay["cpu_share"].get("gateway", float("nan"))
-        row["gateway_us_per_chunk"] = row["gateway_share"] * 1e6 / rate
-        rows.append(row)
-        log(
-            f"relay x{n:<5}: gateway {_brief(relay, n)}, cpu {_share(row['gateway_share'])} "
-            f"({row['gateway_us_per_chunk']:.0f} us/chunk at {rate:.0f} chunks/s) | "
-            f"direct {_brief(direct, n)} -> {_verdict(row)}"
-        )
-        if not row["stable"]:
+        log(f"relay x{n:<5} direct : {_brief(direct, n)}")
+        for name, port in relays.items():
+            if name not in climbing:
+                continue
+            await asyncio.sleep(0.5)
+            row = _judge(n, direct, await measure(port, gateway=True, streams=n, **args), name)
+            rows[name].append(row)
+            us, rate = row[f"{name}_us_per_chunk"], row["offered_per_s"]
+            log(
+                f"relay x{n:<5} {name:<7}: {_brief(row['relayed'], n)}, cpu "
+                f"{_share(row[f'{name}_share'])} ({us:.0f} us/chunk at {rate:.0f} chunks/s) "
+                f"-> {_verdict(row)}"
+            )
+            if not row["stable"]:
+                climbing.discard(name)
+            await asyncio.sleep(1.0)  # let the relay close the upstream streams
+        if not climbing:
             break
-        await asyncio.sleep(1.0)  # let the gateway close the upstream streams
-    return rows
+    return rows["gateway"], rows["floor"]
+
+
+def _limit(rows: list[dict[str, Any]]) -> tuple[str, int | None, int]:
+    """(limit, stopped_at, largest stable level) of one relay's rows."""
+    last = rows[-1] if rows else None
+    if last is None or last["stable"]:
+        limit = "bound"
+    elif _client_bound(last):
+        limit = "client"
+    else:
+        limit = "relay"
+    best = [row["streams"] for row in rows if row["stable"]]
+    stop = None if limit == "bound" or last is None else last["streams"]
+    return limit, stop, max(best) if best else 0
 
 
 def _brief(m: dict[str, Any], n: int) -> str:
@@ -260,27 +313,30 @@ def relay_ladder(quick: bool) -> dict[str, Any]:
     levels = RELAY_LADDER_QUICK if quick else RELAY_LADDER
     chunks = RELAY_CHUNKS[0] if quick else RELAY_CHUNKS[1]
     started = time.monotonic()
-    with Fake(chunks) as fake, Gateway(f"http://127.0.0.1:{fake.port}") as gateway:
-        rows = run_client(_ladder(fake, gateway, levels, chunks))
-        banner = gateway.banner
-    last = rows[-1] if rows else None
-    if last is None or last["stable"]:
-        limit = "bound"
-    elif _client_bound(last):
-        limit = "client"
-    else:
-        limit = "gateway"
-    best = [row["streams"] for row in rows if row["stable"]]
+    with Fake(chunks) as fake:
+        upstream = f"http://127.0.0.1:{fake.port}"
+        with Gateway(upstream) as gateway, RawRelay(upstream) as floor:
+            rows, floor_rows = run_client(_ladder(fake, gateway, floor, levels, chunks))
+            banner, floor_banner = gateway.banner, floor.banner
+    limit, stop, best = _limit(rows)
+    floor_limit, floor_stop, floor_best = _limit(floor_rows)
     return {
         "levels": rows,
-        "max_stable": max(best) if best else 0,
-        "stopped_at": None if limit == "bound" else last["streams"] if last else None,
-        "limit": limit,
+        "max_stable": best,
+        "stopped_at": stop,
+        "limit": "gateway" if limit == "relay" else limit,
         "bound": levels[-1],
         "interval_ms": RELAY_INTERVAL_MS,
         "chunks_per_stream": chunks,
         "warm_chunks": RELAY_WARM,
         "gateway": banner,
+        "floor": {
+            "levels": floor_rows,
+            "max_stable": floor_best,
+            "stopped_at": floor_stop,
+            "limit": "floor" if floor_limit == "relay" else floor_limit,
+            "server": floor_banner,
+        },
         "seconds": round(time.monotonic() - started, 1),
     }
 
@@ -308,9 +364,11 @@ def main(quick: bool = False) -> dict[str, Any]:
             )
 
     relay = relay_ladder(quick)
+    floor = relay["floor"]
     log(
-        f"relay ladder: largest stable level {relay['max_stable']} "
-        f"(limit: {relay['limit']}) in {relay['seconds']} s"
+        f"relay ladder: largest stable level: gateway {relay['max_stable']} "
+        f"(limit: {relay['limit']}), raw relay floor {floor['max_stable']} "
+        f"(limit: {floor['limit']}), in {relay['seconds']} s"
     )
 
     mock: dict[str, Any] = {"level": peer_level, "chunks_per_stream": chunks, "servers": {}}
@@ -433,6 +491,64 @@ def _relay_markdown(relay: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _us(v: float | None) -> str:
+    return "n/a" if v is None or v != v else f"{v:.0f}"
+
+
+def _floor_markdown(relay: dict[str, Any]) -> list[str]:
+    floor = relay.get("floor")
+    if not floor:
+        return []
+    best, limit, stop = floor["max_stable"], floor["limit"], floor["stopped_at"]
+    if limit == "bound":
+        where = f"every level up to the bound, {relay['bound']}, was stable"
+    elif limit == "client":
+        where = f"at {stop} CPU 1 (the fake and the client) could not offer the load"
+    else:
+        where = f"at {stop} the raw relay was the limit"
+    gateway = {x["streams"]: x for x in relay["levels"]}
+    both = [x for x in floor["levels"] if x["streams"] in gateway]
+    ratio = ""
+    if both:
+        x = both[-1]
+        g_us, f_us = gateway[x["streams"]].get("gateway_us_per_chunk"), x.get("floor_us_per_chunk")
+        if g_us and f_us and g_us == g_us and f_us == f_us:
+            ratio = (
+                f" At {x['streams']} streams, the largest level both measured, the gateway used "
+                f"{g_us:.0f} us of CPU per relayed chunk and the floor {f_us:.0f} us "
+                f"({g_us / f_us:.1f}x)."
+            )
+    lines = [
+        "",
+        "Relay floor: the same ladder through `benchmarks/servers/raw_relay.py` (a raw asyncio "
+        "Protocol on uvloop, CPU 0, `OPENAI_BASE_URL` at the same fake: per stream one upstream "
+        "connection, the chunked body de-chunked, the content string sliced out of each "
+        "chunk's bytes and written as one SSE event per upstream read from the protocol "
+        "callbacks; no JSON parsing, validation, memory, heartbeats or timeouts), measured "
+        "right after the gateway at each level against the same direct floor, with the same "
+        "rule; it climbs until its own first unstable level. What any Python relay pays on "
+        "this machine for the read and the write per chunk. "
+        f"**Largest stable level: gateway {relay['max_stable']}, raw relay floor {best}** "
+        f"(floor: {where}).{ratio}",
+        "",
+        "| streams | floor: complete | p50 / p99 / max ms | fake pace ms | chunks/s | floor CPU "
+        "| floor us per chunk | gateway us per chunk | CPU 1 | stable (floor) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for x in floor["levels"]:
+        n, f = x["streams"], x["relayed"]
+        g = gateway.get(n, {}).get("gateway_us_per_chunk")
+        rate = x.get("offered_per_s")
+        lines.append(
+            f"| {n} | {n - f['incomplete']} | {_ms(f)} | {_pace(f)} | "
+            f"{'n/a' if rate is None else format(rate, ',.0f')} | "
+            f"{_share(x.get('floor_share'))} | {_us(x.get('floor_us_per_chunk'))} | "
+            f"{'not measured' if n not in gateway else _us(g)} | "
+            f"{_share(_cpu1(f['cpu_share']))} | {_verdict(x)} |"
+        )
+    return lines
+
+
 def markdown(r: dict[str, Any]) -> str:
     lines = [
         f"Idle streams: heartbeat every {r['heartbeat_s']:g} s; RSS measured before connecting "
@@ -461,7 +577,7 @@ def markdown(r: dict[str, Any]) -> str:
         "",
     ]
     if "relay" in r:
-        lines += _relay_markdown(r["relay"])
+        lines += _relay_markdown(r["relay"]) + _floor_markdown(r["relay"])
     else:
         lines.append("Relayed streams: not measured by this (older) run.")
     mock = r.get("mock")
@@ -550,6 +666,17 @@ def plot(r: dict[str, Any], outdir: Any) -> list[str]:
                 color="grey",
                 linestyle=":",
                 label=f"{last['streams']} direct from the fake (floor)",
+            )
+        floor = relay.get("floor", {}).get("levels")
+        if floor and floor[-1]["relayed"].get("cdf_ms"):
+            f = floor[-1]["relayed"]
+            p99 = "n/a" if f["p99"] is None else f"{f['p99']:.1f}"
+            _cdf(
+                ax,
+                f["cdf_ms"],
+                color="black",
+                linestyle="-.",
+                label=f"{floor[-1]['streams']} via the raw relay floor (p99 {p99})",
             )
         ax.axvline(STABLE_P99_MS, color="grey", linestyle="--", linewidth=1)
         paths.append(
