@@ -76,10 +76,14 @@ def test_round_trip_under_any_split(items, comment, data) -> None:
                 )
             )
     cuts = data.draw(cuts_for(stream), label="cuts")
-    decoded, decoder = decode_split(stream, cuts)
-    assert decoded == expected
-    assert decoder.last_event_id == last_id
-    assert decoder.retry == last_retry
+    at_lf = [i + 1 for i, byte in enumerate(stream) if byte == 0x0A]
+    # Any cut, and a cut after every LF (whole lines per read, as a relayed
+    # upstream delivers them: Decoder._feed_lines).
+    for split in (cuts, at_lf):
+        decoded, decoder = decode_split(stream, split)
+        assert decoded == expected
+        assert decoder.last_event_id == last_id
+        assert decoder.retry == last_retry
 
 
 @SETTINGS
@@ -232,3 +236,42 @@ def test_arbitrary_bytes_raise_nothing_but_sse_protocol_error(
         decoder.flush()
     except SSEProtocolError:
         pass
+
+
+@SETTINGS
+@given(stream=sse_noise, data=st.data())
+def test_reads_that_end_at_line_ends_match_the_spec_too(stream, data) -> None:
+    """A relayed upstream usually delivers whole lines per read; the decoder then
+    slices lines straight out of each read (``Decoder._feed_lines``). Cut after
+    LFs (and, drawn, some other places) so that path meets every kind of line."""
+    at_lf = [i + 1 for i, byte in enumerate(stream) if byte == 0x0A]
+    extra = data.draw(st.lists(st.integers(min_value=0, max_value=len(stream)), max_size=3))
+    decoded, decoder = decode_split(stream, [*at_lf, *extra])
+    expected, last_id, retry = reference(stream)
+    assert decoded == expected
+    assert decoder.last_event_id == last_id
+    assert decoder.retry == retry
+
+
+def test_the_line_path_keeps_the_limits():
+    """Whole lines per read take ``_feed_lines``: its limits are feed()'s."""
+    ok = Decoder(max_event_size=10)
+    ok.feed(b"\n")  # past the start of the stream
+    assert ok.feed(b"data: 0123456789\n\n")[0].data == "0123456789"
+    big = Decoder(max_event_size=10)
+    big.feed(b"\n")
+    try:
+        big.feed(b"data: 01234\ndata: 56789\n\n")  # 11 bytes with the joining LF
+    except SSEProtocolError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("an event over max_event_size must raise")
+    long = Decoder(max_line_size=8)
+    long.feed(b"\n")
+    assert long.feed(b"data: a\n\n")[0].data == "a"
+    try:
+        long.feed(b"data: 0123")  # an incomplete line of 10 bytes
+    except SSEProtocolError:
+        pass
+    else:  # pragma: no cover
+        raise AssertionError("an incomplete line over max_line_size must raise")
