@@ -373,3 +373,49 @@ async def test_a_kept_alive_connection_serves_another_request_after_a_stream():
             async with session.get(url + "/healthz") as resp:
                 assert resp.status == 200
     assert len(set(ports)) == 1, "every request went over the one kept-alive connection"
+
+
+async def test_an_idle_stream_whose_reader_froze_is_dropped_by_its_heartbeats(
+    aiohttp_server, monkeypatch
+):
+    """Heartbeats are written in place by the supervisor; when they pile up
+    unread, the bounded drain wait (send_timeout) still drops the client."""
+    # Not the kernel's TCP_USER_TIMEOUT (which would drop it too): the drain wait.
+    monkeypatch.setattr("engine.stream._limit_unacked", lambda transport, seconds: None)
+    engine = Engine(make_config(heartbeat=0.002, send_timeout=0.3))
+    ended: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        sock = request.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        request.transport.set_write_buffer_limits(high=256)
+        try:
+            async with engine.sse(request) as stream:
+                await stream.send("hello")
+                await asyncio.sleep(30)  # idle: only heartbeats from here on
+        finally:
+            ended.append(stream.end_reason)
+        return stream.response
+
+    app = web.Application()
+    app.router.add_get("/sse", handler)
+
+    async def close(app: web.Application) -> None:
+        await engine.aclose()
+
+    app.on_cleanup.append(close)
+    server = await aiohttp_server(app)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (server.host, server.port))
+    try:
+        await loop.sock_sendall(sock, b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(10):
+            while not len(engine.supervisor):  # noqa: ASYNC110 - no event for "registered"
+                await asyncio.sleep(0.01)
+            await engine.supervisor.wait_empty()  # never read a byte, yet dropped
+        assert ended == ["client_disconnected"]
+    finally:
+        sock.close()
