@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypedDict, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -68,7 +68,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: waits for the others to be framed (microseconds each).
 _MAX_BATCH = 64
 #: Lone chunks in a row after which the stream stops stepping the provider
-#: eagerly, and for how many chunks (see _stream_chat).
+#: eagerly, and for how many chunks (see relay).
 _LONE_RUN = 8
 _PLAIN_RUN = 64
 
@@ -230,39 +230,66 @@ async def _attach_memory(engine: Engine, body: ChatRequest) -> tuple[_Memory | N
 
 
 async def chat_stream_post(request: web.Request) -> web.StreamResponse:
-    return await _stream_chat(request, await read_json(request, ChatRequest))
+    return await relay(**await _open_stream(request, await read_json(request, ChatRequest)))
 
 
 async def chat_stream_get(request: web.Request) -> web.StreamResponse:
-    return await _stream_chat(request, chat_request_from_query(request))
+    return await relay(**await _open_stream(request, chat_request_from_query(request)))
 
 
-async def _stream_chat(request: web.Request, body: ChatRequest) -> web.StreamResponse:
+class _NativeFraming:
+    """Chunk ``n``'s frame (id ``<stream_id>:<n>``) and the final ``done`` event.
+
+    A slotted object rather than two closures: an idle stream holds it for as
+    long as it is open (benchmarks/NOTES.md, Change 9).
+    """
+
+    __slots__ = ("id_prefix", "stream", "stream_id")
+
+    def __init__(self, stream: EventStream, stream_id: str) -> None:
+        self.stream = stream
+        self.stream_id = stream_id
+        self.id_prefix = numbered_id_prefix(stream_id)  # chunk n's id is f"{sid}:{n}"
+
+    def chunk(self, chunk: Chunk, n: int) -> bytes:
+        return encode_json_numbered(chunk, self.id_prefix, n)
+
+    async def finish(self, finish_reason: str | None, usage: Usage | None, n: int) -> None:
+        done = DoneEvent(finish_reason=finish_reason, usage=usage)
+        await self.stream.end(done, id=f"{self.stream_id}:{n + 1}")
+
+
+class _RelayArgs(TypedDict):
+    stream: EventStream
+    chunks: ChunkStream
+    memory: _Memory | None
+    stream_id: str
+    start: bytes
+    frame: Callable[[Chunk, int], bytes | None]
+    finish: Callable[[str | None, Usage | None, int], Awaitable[None]]
+
+
+async def _open_stream(request: web.Request, body: ChatRequest) -> _RelayArgs:
+    """Everything before the first byte of a native stream: memory, the upstream
+    request (a refusal is still a JSON error), the framing. Returns ``relay``'s
+    arguments, so the handler awaits ``relay`` itself and an open stream holds
+    one coroutine frame less."""
     engine = request.app[ENGINE]
     provider = engine.provider(body.provider)
     memory, messages = await _attach_memory(engine, body)
-    # Returns once the upstream accepted: a refusal is still a JSON error.
     chunks = await provider.open(messages, model=body.model, options=body.options)
-    del body, messages  # not needed while streaming: an idle stream holds less
     sid = uuid.uuid4().hex
     stream = engine.sse(request)
-    id_prefix = numbered_id_prefix(sid)  # chunk n's id is f"{sid}:{n}"
-
-    def frame(chunk: Chunk, n: int) -> bytes:
-        return encode_json_numbered(chunk, id_prefix, n)
-
-    async def finish(finish_reason: str | None, usage: Usage | None, n: int) -> None:
-        await stream.end(DoneEvent(finish_reason=finish_reason, usage=usage), id=f"{sid}:{n + 1}")
-
+    framing = _NativeFraming(stream, sid)
     start = StartEvent(stream_id=sid, provider=provider.name, model=chunks.model)
-    return await relay(
-        stream,
-        chunks,
-        memory,
-        sid,
+    return _RelayArgs(
+        stream=stream,
+        chunks=chunks,
+        memory=memory,
+        stream_id=sid,
         start=encode_json(start, event="start", id=f"{sid}:0"),
-        frame=frame,
-        finish=finish,
+        frame=framing.chunk,
+        finish=framing.finish,
     )
 
 
