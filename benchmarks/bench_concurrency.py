@@ -9,10 +9,13 @@ connection.
 
 Relayed (the headline): the gateway (``sse-engine serve --provider openai``,
 CPU 0) relays N streams at once from the fake OpenAI upstream of
-``bench_latency`` (``python -m engine.testing openai --stamp``: a chunk every
-20 ms per stream whose text is its send time; the fake and the client share
-CPU 1), N stepping 250, 500, 750, ... up to a bound, stopping after the first
-unstable level. The client is ``bench_latency.measure``: stream starts
+``bench_latency`` (``benchmarks/servers/fake_stamp.py``: the bytes of
+``python -m engine.testing openai --stamp`` from a raw asyncio Protocol on
+uvloop with one timer for all streams, a chunk every 20 ms per stream whose
+text is its send time, chunk ``k`` due at the stream's start + ``k`` x 20 ms;
+``BENCH_FAKE=aiohttp`` for ``engine.testing``'s own fake; the fake and the
+client share CPU 1), N stepping 250, 500, 750, ... up to a bound, stopping
+after the first unstable level. The client is ``bench_latency.measure``: stream starts
 staggered over one 20 ms period, the first ``RELAY_WARM`` chunks of every
 stream not counted, delay = receipt - stamp. Stable = every stream completes
 and the p99 delay is <= 50 ms (the issue's rule): the fake keeps its own pace,
@@ -26,7 +29,8 @@ interval between counted stamps) must stay within 10% of 20 ms for a level to
 count as stable; relayed streams that keep the rule while it fell behind are
 "not measurable", and ones that break the rule while the direct ones keep it
 are the gateway's. The gateway's CPU share (and its CPU per relayed chunk) and
-CPU 1's (fake + client) over the counted chunks are reported, not judged.
+CPU 1's (fake + client, and the fake's CPU per chunk it sent on the direct
+path) over the counted chunks are reported, not judged.
 
 Relay floor: ``benchmarks/servers/raw_relay.py`` (a raw asyncio Protocol on
 uvloop that relays the same fake with no framework, no JSON parsing and no
@@ -68,7 +72,7 @@ from ._harness import (
     summary,
 )
 from .bench_latency import INTERVAL_MS as RELAY_INTERVAL_MS
-from .bench_latency import Fake, Gateway, measure, run_client
+from .bench_latency import Fake, Gateway, fake_markdown, measure, run_client
 
 HEARTBEAT = 5.0
 IDLE_TARGET = "/v1/chat/stream?q=idle&max_tokens=3&token_size=16&interval_ms=60000"
@@ -242,7 +246,13 @@ async def _ladder(
     climbing = set(relays)
     for n in levels:
         direct = await measure(fake.port, gateway=False, streams=n, **args)
-        log(f"relay x{n:<5} direct : {_brief(direct, n)}")
+        # The fake's CPU per chunk it sent, at the rate it sent them.
+        rate = n * 1000 / direct["pace_p50"] if direct["pace_p50"] > 0 else float("nan")
+        direct["fake_us_per_chunk"] = direct["cpu_share"].get("fake", float("nan")) * 1e6 / rate
+        log(
+            f"relay x{n:<5} direct : {_brief(direct, n)}, fake "
+            f"{_us(direct['fake_us_per_chunk'])} us/chunk at {rate:.0f} chunks/s"
+        )
         for name, port in relays.items():
             if name not in climbing:
                 continue
@@ -317,7 +327,7 @@ def relay_ladder(quick: bool) -> dict[str, Any]:
         upstream = f"http://127.0.0.1:{fake.port}"
         with Gateway(upstream) as gateway, RawRelay(upstream) as floor:
             rows, floor_rows = run_client(_ladder(fake, gateway, floor, levels, chunks))
-            banner, floor_banner = gateway.banner, floor.banner
+            banner, floor_banner, fake_banner = gateway.banner, floor.banner, fake.banner
     limit, stop, best = _limit(rows)
     floor_limit, floor_stop, floor_best = _limit(floor_rows)
     return {
@@ -330,6 +340,7 @@ def relay_ladder(quick: bool) -> dict[str, Any]:
         "chunks_per_stream": chunks,
         "warm_chunks": RELAY_WARM,
         "gateway": banner,
+        "fake": fake_banner,
         "floor": {
             "levels": floor_rows,
             "max_stable": floor_best,
@@ -445,6 +456,22 @@ def _headline(relay: dict[str, Any]) -> str:
     return text + "."
 
 
+def _fake_cost(relay: dict[str, Any]) -> str:
+    """The fake's CPU per chunk on the direct path at the largest level measured."""
+    rows = [x for x in relay["levels"] if x["direct"].get("fake_us_per_chunk") is not None]
+    if not rows:
+        return ""
+    d = rows[-1]["direct"]
+    us, share = d["fake_us_per_chunk"], d["cpu_share"]
+    if us != us:
+        return ""
+    return (
+        f" The fake itself: {us:.1f} us of CPU per chunk it sent at {rows[-1]['streams']} "
+        f"streams direct (fake {_share(share.get('fake'))} + client "
+        f"{_share(share.get('client'))} of CPU 1, fake pace {_pace(d)} ms)."
+    )
+
+
 def _pace(m: dict[str, Any]) -> str:
     v = m.get("pace_max")
     return "n/a" if v is None else f"{v:.2f}"
@@ -453,8 +480,8 @@ def _pace(m: dict[str, Any]) -> str:
 def _relay_markdown(relay: dict[str, Any]) -> list[str]:
     lines = [
         f"Relayed streams: `sse-engine serve --provider openai` on CPU 0 relays N streams at once "
-        f"from the fake OpenAI upstream (`python -m engine.testing openai --stamp`, one chunk per "
-        f"stream every {relay['interval_ms']} ms, stamped with its send time) on CPU 1; the client "
+        f"from {fake_markdown(relay.get('fake'))}, one chunk per "
+        f"stream every {relay['interval_ms']} ms, stamped with its send time, on CPU 1; the client "
         f"(`bench_latency.measure`) shares CPU 1. {relay['chunks_per_stream']} chunks per stream, "
         "stream starts staggered over one period, the first "
         f"{relay['warm_chunks']} chunks of each stream not counted; delay = receipt - stamp. "
@@ -471,7 +498,9 @@ def _relay_markdown(relay: dict[str, Any]) -> list[str]:
         "while the direct path breaks it too; relayed streams that break the rule while the "
         "direct ones keep it are the gateway's (a fake behind its cadence only offered less). "
         "chunks/s = what the fake sent through the gateway (streams / median pace); us per "
-        "chunk = the gateway's CPU per relayed chunk at that rate. " + _headline(relay),
+        "chunk = the gateway's CPU per relayed chunk at that rate. "
+        + _headline(relay)
+        + _fake_cost(relay),
         "",
         "| streams | relayed: complete | p50 / p99 / max ms | fake pace ms | chunks/s "
         "| gateway CPU | us per chunk | CPU 1 | direct: complete | p50 / p99 / max ms "

@@ -1,8 +1,16 @@
 """Latency the gateway adds per chunk: gateway path vs a direct connection to the upstream.
 
-A fake OpenAI upstream (``python -m engine.testing openai --stamp N``) sends a
-chunk every 20 ms whose text is its send time (``time.time_ns()``, taken at
-write). The client reads the same kind of stream two ways:
+A fake OpenAI upstream (``benchmarks/servers/fake_stamp.py --stamp N``: the
+bytes of ``python -m engine.testing openai --stamp N`` from a raw asyncio
+Protocol on uvloop with one timer for all streams, cheap enough to offer 1,000
+streams x 50 chunks/s from one core) sends a chunk every 20 ms whose text is its
+send time (``time.time_ns()``, taken at write); chunk ``k`` of a stream is due
+at its start + ``k`` x 20 ms. Before it starts, :func:`fake_stamp.check
+<benchmarks.servers.fake_stamp.check>` compares its reply with
+``engine.testing``'s, byte for byte up to the stamps, and stops the bench if
+they differ. ``BENCH_FAKE=aiohttp`` runs ``engine.testing``'s fake instead (an
+aiohttp handler per stream; it cannot offer 1,000 streams at 20 ms from a
+shared core). The client reads the same kind of stream two ways:
 
 * direct: ``POST /v1/chat/completions`` on the fake (the floor);
 * gateway: ``POST /v1/chat/stream`` on ``sse-engine serve --provider openai``
@@ -61,22 +69,24 @@ T = TypeVar("T")
 
 
 class Fake(Server):
-    """``python -m engine.testing openai --stamp N`` on uvloop; moved to CPU 1 once up."""
+    """The stamp upstream, moved to CPU 1 once up: ``benchmarks.servers.fake_stamp``, or
+    ``python -m engine.testing openai --stamp N`` on uvloop with ``BENCH_FAKE=aiohttp``.
 
-    def __init__(self, chunks: int) -> None:
+    The first start in a process runs ``fake_stamp.check()`` (same bytes as
+    ``engine.testing``'s fake) and fails if it fails.
+    """
+
+    checked = False
+
+    def __init__(self, chunks: int, kind: str | None = None) -> None:
         super().__init__("fake-openai")
         self.chunks = chunks
+        self.fake = kind or os.environ.get("BENCH_FAKE", "stamp")
+        if self.fake not in ("stamp", "aiohttp"):
+            raise ValueError(f"BENCH_FAKE must be stamp or aiohttp, not {self.fake!r}")
 
     def command(self) -> list[str]:
-        code = (
-            "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
-            "from engine.testing.__main__ import main; sys.exit(main(sys.argv[1:]))"
-        )
-        return [
-            sys.executable,
-            "-c",
-            code,
-            "openai",
+        args = [
             "--stamp",
             str(self.chunks),
             "--interval-ms",
@@ -86,12 +96,37 @@ class Fake(Server):
             "--port",
             "0",
         ]
+        if self.fake == "stamp":
+            return [sys.executable, "-m", "benchmarks.servers.fake_stamp", *args]
+        code = (
+            "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy());"
+            "from engine.testing.__main__ import main; sys.exit(main(sys.argv[1:]))"
+        )
+        return [sys.executable, "-c", code, "openai", *args]
 
     def start(self, timeout: float = 20.0) -> Fake:
+        if self.fake == "stamp" and not Fake.checked:
+            from .servers.fake_stamp import check
+
+            check()  # raises if the bytes differ from engine.testing's fake
+            Fake.checked = True
+            log("fake_stamp self-check: same bytes as engine.testing's fake (stamps aside)")
         super().start(timeout)
         if LOADGEN_CPU < (os.cpu_count() or 1):
             os.sched_setaffinity(self.pid, {LOADGEN_CPU})
         return self
+
+
+def fake_markdown(banner: str | None) -> str:
+    """How RESULTS.md names the fake upstream a run used (from its banner)."""
+    if banner and "stamp upstream" in banner:
+        return (
+            "the fake OpenAI upstream `benchmarks/servers/fake_stamp.py` (a raw asyncio "
+            "Protocol on uvloop sending the bytes of `python -m engine.testing openai --stamp`, "
+            "checked against it at start; one timer for all streams, chunk k of a stream due "
+            "at its start + k periods)"
+        )
+    return "the fake OpenAI upstream `python -m engine.testing openai --stamp` (aiohttp)"
 
 
 class Gateway(Server):
@@ -374,7 +409,7 @@ def main(quick: bool = False) -> dict[str, Any]:
     started = time.monotonic()
     with Fake(chunks) as fake, Gateway(f"http://127.0.0.1:{fake.port}") as gateway:
         results = run_client(_run_all(fake.port, gateway.port, chunks, rounds, n_ttfb))
-        banner = gateway.banner
+        banner, fake_banner = gateway.banner, fake.banner
     results["meta"] = {
         "interval_ms": INTERVAL_MS,
         "chunks_per_stream": chunks,
@@ -382,6 +417,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         "rounds": rounds,
         "ttfb_requests": n_ttfb,
         "gateway": banner,
+        "fake": fake_banner,
         "seconds": round(time.monotonic() - started, 1),
     }
     _print_table(results)
@@ -415,6 +451,7 @@ def _print_table(results: dict[str, Any]) -> None:
         f"{meta['warm_chunks']} chunks per stream not counted"
     )
     print(f"gateway: {meta['gateway']}")
+    print(f"fake: {meta.get('fake')}")
     print(
         f"{'streams':>7}  {'path':<8} {'p50':>26} {'p99':>26} {'max':>26}  incomplete  fake pace ms"
     )
@@ -446,7 +483,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{meta['rounds']} interleaved rounds; {meta['chunks_per_stream']} chunks per stream every "
         f"{meta['interval_ms']} ms, stream starts staggered over one period, the first "
         f"{meta['warm_chunks']} chunks of each stream not counted. Gateway (`sse-engine serve "
-        "--provider openai`) on CPU 0; the fake upstream and the client on CPU 1; uvloop. "
+        f"--provider openai`) on CPU 0; {fake_markdown(meta.get('fake'))} and the client on "
+        "CPU 1; uvloop. "
         "`added` = gateway - direct, percentile by percentile within a round. `fake pace`: the "
         "median over streams of the mean interval between the fake's stamps; above 20 ms, CPU 1 "
         "(the fake and the client) could not offer the full load, and the level ran at about "
