@@ -453,10 +453,10 @@ class EventStream:
         was about a tenth of the gateway's CPU (benchmarks/NOTES.md, Change 7).
         """
         transport = self._open_transport()
-        size = len(frame)
+        data = b"%x\r\n%b\r\n" % (len(frame), frame)
         assert self._writer is not None and self._loop is not None
-        self._writer.output_size += size  # the body size aiohttp's access log reports
-        transport.write(b"%x\r\n%b\r\n" % (size, frame))
+        self._writer.output_size += len(data)  # counted as aiohttp counts its own writes
+        transport.write(data)
         self._last_write = self._loop.time()
         return transport.get_write_buffer_size() > self._high_water
 

@@ -419,3 +419,30 @@ async def test_an_idle_stream_whose_reader_froze_is_dropped_by_its_heartbeats(
         assert ended == ["client_disconnected"]
     finally:
         sock.close()
+
+
+async def test_the_response_size_aiohttp_logs_is_the_bytes_on_the_wire():
+    """Frames written straight to the transport are counted as aiohttp counts its
+    own writes, so the access log's size (``%b``) stays exact."""
+    engine = Engine(make_config(heartbeat=60))
+    sizes: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        async with engine.sse(request) as stream:
+            for i in range(5):
+                await stream.send({"n": i})
+        sizes.append(stream.response.body_length)
+        return stream.response
+
+    app = web.Application()
+    app.router.add_get("/sse", handler)
+    async with running(app, handler_cancellation=False) as url:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"GET /sse HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        async with asyncio.timeout(10):
+            raw = await reader.read()
+        writer.close()
+    await engine.aclose()
+    assert raw.endswith(b"0\r\n\r\n")
+    assert sizes == [len(raw)]
