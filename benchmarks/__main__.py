@@ -252,7 +252,17 @@ def write_results(data: dict[str, Any], plots: list[str]) -> None:
         f"| Python | {m['python']} |",
     ]
     lines += [f"| {k} | {v} |" for k, v in m["versions"].items()]
-    lines += ["", "## Targets (issue 5)", ""] + targets(data["sections"]) + [""]
+    lines += ["", "## Targets (issue 5)", ""]
+    quick = [name for name, entry in data["sections"].items() if entry.get("quick")]
+    if quick:
+        # Fewer rounds, shorter streams and fewer levels: the relay ladder in
+        # particular gives a saturating gateway less time to fall behind.
+        lines += [
+            f"**Quick run** ({', '.join(quick)}): fewer rounds, shorter streams and fewer levels;"
+            " indicative only. The verdicts that count come from a full `make bench`.",
+            "",
+        ]
+    lines += targets(data["sections"]) + [""]
     for name in BENCHES:
         entry = data["sections"].get(name)
         if entry is None:
