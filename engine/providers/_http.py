@@ -623,8 +623,7 @@ class HTTPProvider(Provider):
                             ) from None
                         raise
                     idle.paused()
-                    if not data:
-                        decoder.flush()
+                    if not data:  # end of body: an unfinished event is dropped (the spec)
                         break
                     for event in decoder.feed(data):
                         chunk = parser.event(event)
