@@ -5,12 +5,14 @@ adapters only build request bodies and map events:
 
 * :func:`translate_errors` turns aiohttp's and asyncio's exceptions into the
   engine's :class:`~engine.errors.UpstreamError` tree (after httpx
-  ``_transports/default.py`` ``map_httpcore_exceptions``);
+  ``_transports/default.py`` ``map_httpcore_exceptions``), naming the provider
+  but never its address, and redacts the key from every error that passes;
 * :func:`status_error` maps an upstream error status and body to the matching
   exception, keeping the provider's message but never the API key;
 * :class:`Upstream` posts a request with bounded retries (429, 5xx, connect
   errors; exponential backoff with full jitter, honouring Retry-After) and the
-  three timeouts (connect, first byte, gap between chunks);
+  three timeouts (connect, first byte, gap between chunks), and never follows a
+  redirect;
 * :meth:`HTTPProvider._chunks` feeds the body, as it arrives, to the sans-IO SSE
   decoder and each event to the adapter's :class:`StreamParser`.
 
@@ -104,36 +106,62 @@ def redact(text: str, secrets: Sequence[str]) -> str:
     return text
 
 
+def _scrub(exc: UpstreamError, secrets: Sequence[str]) -> None:
+    """Redact ``exc``'s message of ``secrets``, in place (it is re-raised as it is)."""
+    text = redact(exc.message, secrets)
+    if text != exc.message:
+        exc.message = text
+        exc.args = (text,)
+
+
 @contextlib.contextmanager
-def translate_errors(secrets: Sequence[str] = ()) -> Iterator[None]:
+def translate_errors(secrets: Sequence[str] = (), *, provider: str = "") -> Iterator[None]:
     """Re-raise aiohttp and timeout errors as :class:`~engine.errors.UpstreamError`.
 
-    Engine errors pass through; cancellation is never caught. Messages are
-    redacted of ``secrets`` (aiohttp puts URLs in its messages).
+    Cancellation is never caught. Engine errors pass through, redacted of
+    ``secrets``: the adapters' parsers build them from what the upstream sent
+    (an in-stream error's own message may quote the key), and this is the one
+    place all their exceptions pass, so no parser needs to know the key.
+
+    The new messages go to clients, so they name the ``provider`` but never
+    quote aiohttp's text: it holds the base URL, host and port of the upstream
+    (an internal address, for a self-hosted one). That detail goes to the
+    ``engine.providers`` log instead, redacted too.
 
     Raises :class:`UpstreamTimeout` for timeouts (connect, first byte, idle),
     :class:`UpstreamConnectError` when the upstream cannot be reached, and
     :class:`UpstreamError` for a connection lost or a body cut short.
     """
+    where = f"the {provider} upstream" if provider else "the upstream"
     try:
         yield
-    except UpstreamError:
+    except UpstreamError as exc:
+        if secrets:
+            _scrub(exc, secrets)
         raise
     except aiohttp.ConnectionTimeoutError as exc:
-        raise UpstreamTimeout("timed out connecting to the upstream") from exc
+        raise UpstreamTimeout(f"timed out connecting to {where}") from exc
     except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
         # asyncio.TimeoutError is TimeoutError on Python 3.11+.
-        raise UpstreamTimeout("the upstream took too long to respond") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamConnectError(
-            redact(f"cannot connect to the upstream: {exc}", secrets)
-        ) from exc
-    except aiohttp.ClientPayloadError as exc:
-        raise UpstreamError("the upstream closed the stream before it was complete") from exc
-    except aiohttp.ServerDisconnectedError as exc:
-        raise UpstreamError("the upstream closed the connection") from exc
+        raise UpstreamTimeout(f"{where} took too long to respond") from exc
     except aiohttp.ClientError as exc:
-        raise UpstreamError(redact(f"upstream connection failed: {exc}", secrets)) from exc
+        _log_cause(where, exc, secrets)
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            raise UpstreamConnectError(f"cannot connect to {where}") from exc
+        if isinstance(exc, aiohttp.ClientPayloadError):
+            raise UpstreamError(f"{where} closed the stream before it was complete") from exc
+        if isinstance(exc, aiohttp.ServerDisconnectedError):
+            raise UpstreamError(f"{where} closed the connection") from exc
+        # The class name is safe to show; str(exc) is not: ClientResponseError
+        # carries the request URL (Gemini's key stays out of it only because
+        # it goes in a header, x-goog-api-key, never in a ?key= query).
+        raise UpstreamError(f"the connection to {where} failed ({type(exc).__name__})") from exc
+
+
+def _log_cause(where: str, exc: BaseException, secrets: Sequence[str]) -> None:
+    # Only on a failure, never per chunk: the operator's copy of what the client
+    # is not shown.
+    logger.warning("%s failed: %s: %s", where, type(exc).__name__, redact(str(exc), secrets))
 
 
 def parse_retry_after(headers: Mapping[str, str], *, now: float | None = None) -> float | None:
@@ -414,15 +442,18 @@ class Upstream:
         Retry-After (when at most :data:`MAX_RETRY_AFTER`). The caller owns the
         returned response and must :func:`close_response` it.
 
+        Redirects are not followed: aiohttp would re-send the body and the key
+        headers to the Location's origin and stream back whatever answers there.
+
         Raises the :class:`UpstreamError` subclasses of :func:`status_error` and
-        :func:`translate_errors`.
+        :func:`translate_errors`, and :class:`UpstreamError` for a 3xx.
         """
         settings = self.settings
         all_headers = {"Content-Type": "application/json", **headers}
         attempt = 0
         while True:
             retry_after: float | None = None
-            with translate_errors(self.secrets):
+            with translate_errors(self.secrets, provider=self.provider):
                 try:
                     async with asyncio.timeout(settings.first_byte_timeout):
                         resp = await self.session.post(
@@ -431,6 +462,9 @@ class Upstream:
                             headers=all_headers,
                             params=params,
                             timeout=self._timeout,
+                            # Following one would re-send the prompt and the key
+                            # headers to wherever the Location points.
+                            allow_redirects=False,
                         )
                 except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
                     # Nothing reached the upstream: always safe to try again.
@@ -448,6 +482,8 @@ class Upstream:
                 else:
                     if resp.status == 200:
                         return resp
+                    if 300 <= resp.status < 400:
+                        raise self._redirect_error(resp)
                     try:
                         data = await self._error_body(resp)
                     finally:
@@ -467,6 +503,26 @@ class Upstream:
                 delay = max(retry_after, delay) if retry_after > 0 else 0.0
             attempt += 1
             await asyncio.sleep(delay)
+
+    def _redirect_error(self, resp: aiohttp.ClientResponse) -> UpstreamError:
+        """The error for a 3xx: never followed, never retried, its Location only logged.
+
+        The Location is not in the message: it may be an internal address, or
+        carry a token in its query.
+        """
+        close_response(resp)
+        location = redact(resp.headers.get("Location", "none"), self.secrets)
+        logger.warning(
+            "%s: upstream answered %d, redirect to %s not followed",
+            self.provider,
+            resp.status,
+            location,
+        )
+        return UpstreamError(
+            f"the {self.provider} upstream answered a redirect ({resp.status}), "
+            "which is not followed",
+            upstream_status=resp.status,
+        )
 
     async def _error_body(self, resp: aiohttp.ClientResponse) -> bytes:
         parts: list[bytes] = []
@@ -491,7 +547,7 @@ class Upstream:
         """POST and read the whole (non-streamed) body; the connection is released after."""
         resp = await self.post(url, body, headers=headers, params=params)
         try:
-            with translate_errors(self.secrets):
+            with translate_errors(self.secrets, provider=self.provider):
                 return await read_json(resp, idle_timeout=self.settings.idle_timeout)
         finally:
             close_response(resp)
@@ -611,7 +667,9 @@ class HTTPProvider(Provider):
         decoder = Decoder()
         content = resp.content
         try:
-            with translate_errors(self.http.secrets):
+            # Parsers raise the upstream's in-stream errors; translate_errors
+            # redacts the key from them (only when one is raised: nothing per chunk).
+            with translate_errors(self.http.secrets, provider=self.name):
                 while not parser.done:
                     idle.reading()
                     try:
@@ -619,7 +677,8 @@ class HTTPProvider(Provider):
                     except asyncio.CancelledError:
                         if idle.expired():
                             raise UpstreamTimeout(
-                                f"no data from the upstream for {idle_timeout:g} s (idle_timeout)"
+                                f"no data from the {self.name} upstream for "
+                                f"{idle_timeout:g} s (idle_timeout)"
                             ) from None
                         raise
                     idle.paused()
@@ -656,7 +715,9 @@ class HTTPProvider(Provider):
             messages, model, to_options(options, extra), stream=False
         )
         data = await self.http.post_json(url, body, headers=headers, params=params)
-        return self.parse_reply(data, model)
+        # A reply can hold an error too (Gemini's 200 with an "error" object).
+        with translate_errors(self.http.secrets, provider=self.name):
+            return self.parse_reply(data, model)
 
     async def aclose(self) -> None:
         await self.http.aclose()
