@@ -18,9 +18,11 @@ into a JSON body with the error's status; once a stream has begun,
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Literal, TypedDict, TypeVar
 
 import msgspec
@@ -31,17 +33,21 @@ from .config import Config
 from .errors import (
     BadRequest,
     EngineError,
+    ExpectationFailed,
+    HostNotAllowed,
     InvalidFields,
     PayloadTooLarge,
     StoreUnavailable,
     UnsupportedMediaType,
 )
 from .gateway import Engine
+from .hosts import HostCheck, host_check
 from .memory import Conversation
 from .providers import ChunkStream, Provider
 from .sse import encode_json, encode_json_numbered, numbered_id_prefix
 from .stream import EventStream
 from .wire import (
+    MAX_JSON_DEPTH,
     ChatRequest,
     Chunk,
     DoneEvent,
@@ -99,16 +105,50 @@ def _error_response(
 
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
 
+#: How one route family answers an error before its headers went out: the
+#: native ``{"error": true, ...}`` body by default, OpenAI's shape on the
+#: OpenAI routes (registered by :func:`error_dialect`).
+ErrorRenderer = Callable[[EngineError], web.Response]
+_RENDERERS: dict[Callable[..., Any], ErrorRenderer] = {}
+
+
+def native_error_response(exc: EngineError) -> web.Response:
+    """The native JSON error body, ``{"error": true, "message", "code", "type"}``."""
+    return _error_response(exc.status, exc.message, exc.type, exc.retry_after)
+
+
+def error_dialect(render: ErrorRenderer) -> Callable[[Handler], Handler]:
+    """Decorate a handler so :func:`error_middleware` answers its errors with ``render``."""
+
+    def register(handler: Handler) -> Handler:
+        _RENDERERS[handler] = render
+        return handler
+
+    return register
+
+
+def _renderer(request: web.Request) -> ErrorRenderer:
+    match_info = request.match_info
+    handler = getattr(match_info, "handler", None) if match_info is not None else None
+    return _RENDERERS.get(handler, native_error_response) if handler else native_error_response
+
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every error raised before the response started to a JSON body, once."""
+    """Map every error raised before the response started to a JSON body, once.
+
+    The body is in the route's dialect (:func:`error_dialect`), its message
+    redacted of provider keys (:meth:`Engine.scrub`).
+    """
     try:
         return await handler(request)
     except EngineError as exc:
+        engine = request.app.get(ENGINE)
+        if engine is not None:
+            exc = engine.scrub(exc)
         if exc.status >= 500:
             log.warning("%s %s: %s (%s)", request.method, request.path, exc.message, exc.type)
-        return _error_response(exc.status, exc.message, exc.type, exc.retry_after)
+        return _renderer(request)(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -123,7 +163,56 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.Response(status=499)
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return _error_response(500, "internal error", "engine_error")
+        return _renderer(request)(EngineError("internal error"))
+
+
+def _host_middleware(check: HostCheck) -> Any:
+    @web.middleware
+    async def host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Refuse requests for a ``Host`` the gateway does not serve (engine.hosts)."""
+        host = request.headers.get("Host")
+        if not check.allows(host):
+            raise HostNotAllowed(
+                f"this gateway does not answer for the host {host!r}; "
+                "add it to allowed_hosts (--allowed-hosts) if it should"
+            )
+        return await handler(request)
+
+    return host_middleware
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: refuse a body that is announced too large *before* inviting it.
+
+    aiohttp's default handler sends ``100 Continue`` to any such request, so a
+    client would upload a body the gateway then refuses with 413 (RFC 9110
+    10.1.1 lets a server answer the final status instead). Errors are in the
+    route's dialect; this runs before the middlewares, so it renders them itself.
+    """
+    expect = request.headers.get("Expect", "")
+    try:
+        if expect.lower() != "100-continue":
+            raise ExpectationFailed(f"unsupported Expect: {expect[:100]!r}")
+        limit = request.app[ENGINE].config.max_body_size
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    except EngineError as exc:
+        response = _renderer(request)(exc)
+        response.force_close()  # the body may follow anyway: do not read it as a request
+        return response
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started (as aiohttp does)
+    return None
+
+
+#: The ``Server`` header: the product, not its version nor aiohttp's and Python's
+#: (which aiohttp sends by default and which only help an attacker pick an exploit).
+SERVER_HEADER = "sse-engine"
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER_HEADER
 
 
 async def read_json(request: web.Request, type: type[T]) -> T:
@@ -147,6 +236,11 @@ async def read_json(request: web.Request, type: type[T]) -> T:
         raise InvalidFields(str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise BadRequest(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:
+        # msgspec stops at the interpreter's recursion limit (about 1,000 levels,
+        # in an unknown field too); values we keep are bounded far lower
+        # (wire.MAX_JSON_DEPTH).
+        raise BadRequest(f"JSON nested too deeply (limit {MAX_JSON_DEPTH} levels)") from exc
 
 
 def chat_request_from_query(request: web.Request) -> ChatRequest:
@@ -184,14 +278,19 @@ def chat_request_from_query(request: web.Request) -> ChatRequest:
 class _Memory:
     """The memory side of one chat request: history in, messages out."""
 
-    __slots__ = ("conversation", "max_history", "new")
+    __slots__ = ("conversation", "max_chars", "max_history", "new")
 
     def __init__(
-        self, conversation: Conversation, new: list[Message], max_history: int | None
+        self,
+        conversation: Conversation,
+        new: list[Message],
+        max_history: int,
+        max_chars: int,
     ) -> None:
         self.conversation = conversation
         self.new = new
         self.max_history = max_history
+        self.max_chars = max_chars
 
     @classmethod
     async def attach(cls, engine: Engine, body: ChatRequest) -> _Memory | None:
@@ -199,14 +298,36 @@ class _Memory:
             return None
         store = await engine.open_memory()
         conversation = store.for_parent(body.session.parent, body.session.id)
-        return cls(conversation, body.messages, body.options.max_history)
+        config = engine.config
+        limit = body.options.max_history
+        return cls(
+            conversation,
+            body.messages,
+            config.max_history if limit is None else limit,
+            config.max_history_chars,
+        )
 
     async def upstream_messages(self) -> list[Message]:
-        """The stored history (trimmed by ``max_history``), then the new messages."""
+        """The stored history, then the new messages.
+
+        The history is the last ``max_history`` stored messages, and of those
+        the newest that fit in ``max_chars`` characters: a long conversation is
+        neither loaded whole nor sent upstream whole on every request.
+        """
         limit = self.max_history
         history = [] if limit == 0 else await self.conversation.get_messages(limit=limit)
         # Only text goes upstream: image and audio entries are kept, not sent.
-        past = [Message(role=m.role, content=m.content) for m in history if m.type == "text"]
+        past: list[Message] = []
+        budget = self.max_chars
+        for m in reversed(history):
+            if m.type != "text":
+                continue
+            budget -= len(m.content)
+            if budget < 0:
+                break
+            past.append(Message(role=m.role, content=m.content))
+        del history  # the stored rows (metadata and all) are not needed past here
+        past.reverse()
         return past + self.new
 
     async def store_request(self) -> None:
@@ -230,11 +351,59 @@ async def _attach_memory(engine: Engine, body: ChatRequest) -> tuple[_Memory | N
 
 
 async def chat_stream_post(request: web.Request) -> web.StreamResponse:
-    return await relay(**await _open_stream(request, await read_json(request, ChatRequest)))
+    args = await _open_stream(request, await read_json(request, ChatRequest))
+    return args if isinstance(args, web.StreamResponse) else await relay(**args)
 
 
 async def chat_stream_get(request: web.Request) -> web.StreamResponse:
-    return await relay(**await _open_stream(request, chat_request_from_query(request)))
+    args = await _open_stream(request, chat_request_from_query(request))
+    return args if isinstance(args, web.StreamResponse) else await relay(**args)
+
+
+# ChunkStreams that arrived after their request gave up on them, being closed.
+_late_closes: set[asyncio.Task[None]] = set()
+
+
+def _discard(opening: asyncio.Future[ChunkStream]) -> None:
+    """Stop an upstream request nobody waits for any more; close it if it was accepted."""
+
+    def close(done: asyncio.Future[ChunkStream]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        task = asyncio.ensure_future(done.result().aclose())
+        _late_closes.add(task)
+        task.add_done_callback(_late_closes.discard)
+
+    if opening.done():
+        close(opening)
+    else:
+        opening.cancel()
+        opening.add_done_callback(close)
+
+
+async def open_upstream(
+    stream: EventStream, opening: Coroutine[Any, Any, ChunkStream], deadline: float
+) -> ChunkStream | None:
+    """Await ``opening`` (a provider's ``open()``), sending the headers after ``deadline`` s.
+
+    An upstream that answers within ``deadline`` seconds (the usual case) is
+    answered as before: its refusal is still a JSON error with a real status.
+    One that is still thinking gets the response headers sent, and with them
+    heartbeats, so no proxy cuts a silent connection (USERS-ASK 2); a refusal
+    after that is an ``error`` event on the stream, which is then finished, and
+    ``None`` is returned. A client that leaves meanwhile stops the upstream request.
+    """
+    task = asyncio.ensure_future(opening)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=deadline)
+        if not done:
+            await stream.prepare()  # headers out; the supervisor heartbeats from here
+        return await task
+    except BaseException as exc:
+        _discard(task)
+        if stream.prepared and await stream.__aexit__(type(exc), exc, exc.__traceback__):
+            return None  # the error event was sent (or the client left)
+        raise
 
 
 class _NativeFraming:
@@ -269,17 +438,26 @@ class _RelayArgs(TypedDict):
     finish: Callable[[str | None, Usage | None, int], Awaitable[None]]
 
 
-async def _open_stream(request: web.Request, body: ChatRequest) -> _RelayArgs:
+async def _open_stream(request: web.Request, body: ChatRequest) -> _RelayArgs | web.StreamResponse:
     """Everything before the first byte of a native stream: memory, the upstream
-    request (a refusal is still a JSON error), the framing. Returns ``relay``'s
-    arguments, so the handler awaits ``relay`` itself and an open stream holds
-    one coroutine frame less."""
+    request (a refusal is still a JSON error, see :func:`open_upstream`), the
+    framing. Returns ``relay``'s arguments, so the handler awaits ``relay``
+    itself and an open stream holds one coroutine frame less (and none of the
+    request's messages); or the finished response, when the upstream refused
+    after the header deadline."""
     engine = request.app[ENGINE]
     provider = engine.provider(body.provider)
     memory, messages = await _attach_memory(engine, body)
-    chunks = await provider.open(messages, model=body.model, options=body.options)
-    sid = uuid.uuid4().hex
     stream = engine.sse(request)
+    chunks = await open_upstream(
+        stream,
+        provider.open(messages, model=body.model, options=body.options),
+        engine.config.header_deadline,
+    )
+    del messages
+    if chunks is None:
+        return stream.response or web.Response(status=499)
+    sid = uuid.uuid4().hex
     framing = _NativeFraming(stream, sid)
     start = StartEvent(stream_id=sid, provider=provider.name, model=chunks.model)
     return _RelayArgs(
@@ -313,9 +491,15 @@ async def relay(
     seen: list[str] = []  # what the client was sent, for memory
     try:
         async with chunks:
-            if memory is not None:
+            # Stored before the headers, so a store that is down is still a JSON
+            # 503; once the header deadline sent them, inside the stream (an
+            # error event). Either way the request is stored before any reply.
+            store_inside = memory is not None and stream.prepared
+            if memory is not None and not store_inside:
                 await memory.store_request()
             async with stream:
+                if memory is not None and store_inside:
+                    await memory.store_request()
                 await stream.send_frame(start)
                 del start  # an idle stream holds no more than it needs
                 n = 0
@@ -507,15 +691,21 @@ def create_app(config: Config | None = None, *, engine: Engine | None = None) ->
     """
     if engine is None:
         engine = Engine(config)
-    app = web.Application(middlewares=[error_middleware])
+    middlewares = [error_middleware]
+    hosts = host_check(engine.config.allowed_hosts, engine.config.host)
+    if hosts is not None:
+        middlewares.append(_host_middleware(hosts))  # inside: its refusal is in the route's shape
+    app = web.Application(middlewares=middlewares)
     app[ENGINE] = engine
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_on_shutdown)
-    app.router.add_post("/v1/chat/stream", chat_stream_post)
+    app.on_response_prepare.append(_server_header)
+    add_post = functools.partial(app.router.add_post, expect_handler=expect_handler)
+    add_post("/v1/chat/stream", chat_stream_post)
     app.router.add_get("/v1/chat/stream", chat_stream_get)
-    app.router.add_post("/v1/chat", chat_send)
+    add_post("/v1/chat", chat_send)
     app.router.add_get("/v1/memory/{parent}/{id}", memory_get)
-    app.router.add_post("/v1/memory/{parent}/{id}/messages", memory_post)
+    add_post("/v1/memory/{parent}/{id}/messages", memory_post)
     app.router.add_delete("/v1/memory/{parent}/{id}", memory_delete)
     app.router.add_get("/healthz", healthz)
     from .openai_api import add_openai_routes  # here: that module imports this one

@@ -26,8 +26,9 @@ import msgspec
 from msgspec import Meta, Struct
 
 from .errors import InvalidFields
+from .wire import MAX_HISTORY
 
-__all__ = ["DEFAULT_MODELS", "Config", "ProviderSettings"]
+__all__ = ["DEFAULT_MODELS", "MAX_HISTORY_LIMIT", "Config", "ProviderSettings"]
 
 #: The model each provider uses when neither the request nor the config names one.
 DEFAULT_MODELS: dict[str, str] = {
@@ -67,6 +68,9 @@ _ENGINE_ENV: dict[str, str] = {
 }
 
 Seconds = Annotated[float, Meta(gt=0)]
+
+#: Largest ``max_history`` a request or the config may ask for.
+MAX_HISTORY_LIMIT = MAX_HISTORY
 
 
 class ProviderSettings(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -110,6 +114,23 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     max_body_size: Annotated[int, Meta(ge=1)] = 1024 * 1024
     #: The reconnection delay sent to clients as ``retry:``, in milliseconds.
     retry_ms: Annotated[int, Meta(ge=0)] = 3000
+    #: Seconds a stream waits for the upstream before its headers go out anyway
+    #: and heartbeats begin (a later refusal is then an ``error`` event): proxies
+    #: cut silent connections at 60 s, and reasoning models think for minutes.
+    header_deadline: Seconds = 10.0
+    #: Seconds a connection may take to send a complete request head (slowloris).
+    header_timeout: Seconds = 10.0
+    #: Seconds an idle kept-alive connection stays open between requests.
+    keepalive_timeout: Seconds = 75.0
+    #: ``Host`` values the gateway answers (DNS rebinding). ``None``: loopback
+    #: names when ``host`` is a loopback address, any name otherwise; ``["*"]``:
+    #: any. An entry is a host name or address, without port; a leading dot
+    #: (``.example.com``) also matches sub-domains.
+    allowed_hosts: list[str] | None = None
+    #: Stored messages sent upstream when a request does not set ``max_history``.
+    max_history: Annotated[int, Meta(ge=0, le=MAX_HISTORY_LIMIT)] = 100
+    #: Characters of stored history sent upstream at most (oldest dropped first).
+    max_history_chars: Annotated[int, Meta(ge=0)] = 1_000_000
     log_level: str = "info"
     #: Where conversation memory lives: sqlite:///path, memory://, redis://..., postgresql://...
     memory_url: str = "sqlite:///./engine-memory.db"

@@ -13,6 +13,8 @@ Tree::
     │   └── UnknownProvider          400 unknown_provider
     ├── NotFound                     404 not_found
     ├── PayloadTooLarge              413 payload_too_large
+    ├── ExpectationFailed            417 expectation_failed
+    ├── HostNotAllowed               421 host_not_allowed
     ├── UnsupportedMediaType         415 unsupported_media_type
     ├── InvalidFields                422 invalid_fields
     ├── ProviderNotConfigured        503 provider_not_configured
@@ -41,6 +43,8 @@ __all__ = [
     "BadRequest",
     "ClientDisconnectedError",
     "EngineError",
+    "ExpectationFailed",
+    "HostNotAllowed",
     "InvalidFields",
     "NotFound",
     "PayloadTooLarge",
@@ -107,6 +111,24 @@ class PayloadTooLarge(EngineError):
 
     status = 413
     type = "payload_too_large"
+
+
+class ExpectationFailed(EngineError):
+    """Raised when a request's ``Expect`` header asks for something other than ``100-continue``."""
+
+    status = 417
+    type = "expectation_failed"
+
+
+class HostNotAllowed(EngineError):
+    """Raised when a request's ``Host`` is not among the allowed hosts (DNS rebinding).
+
+    421 Misdirected Request (RFC 9110 15.5.20): this server will not answer for
+    that name.
+    """
+
+    status = 421
+    type = "host_not_allowed"
 
 
 class UnsupportedMediaType(EngineError):

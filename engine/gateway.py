@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from .config import Config
+from .errors import EngineError
 from .providers import Provider, create_provider, resolve
 from .stream import EventStream, StreamSupervisor
 
@@ -90,6 +91,35 @@ class Engine:
         """
         self._providers[name or provider.name] = provider
 
+    # -- errors ----------------------------------------------------------------
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every provider key this engine knows: configured, and of providers in use."""
+        keys = {s.api_key for s in self.config.providers.values() if s.api_key}
+        for provider in self._providers.values():
+            http = getattr(provider, "http", None)
+            keys.update(getattr(http, "secrets", ()))
+        # Longest first, so a key that contains another is replaced whole.
+        return tuple(sorted(keys, key=len, reverse=True))
+
+    def redact(self, text: str) -> str:
+        """``text`` with every provider key replaced by ``***``.
+
+        Called where an error leaves the gateway (the error middleware and a
+        stream's error event), so a key that reached an error message by any
+        path (a provider echoing it, an in-stream error event) never reaches
+        a client or the log.
+        """
+        for secret in self.secrets():
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    def scrub(self, exc: EngineError) -> EngineError:
+        """``exc`` with its message redacted (in place), ready to leave the gateway."""
+        exc.message = self.redact(exc.message)
+        return exc
+
     # -- streams ---------------------------------------------------------------
 
     def sse(self, request: web.BaseRequest, **headers: str) -> EventStream:
@@ -100,6 +130,7 @@ class Engine:
             send_timeout=self.config.send_timeout,
             retry_ms=self.config.retry_ms,
             headers=headers or None,
+            scrub=self.scrub,
         )
 
     # -- memory ----------------------------------------------------------------

@@ -41,7 +41,6 @@ OpenAI fields this module does not declare (``seed``, ``presence_penalty``,
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import re
@@ -55,9 +54,12 @@ from msgspec import Meta, Struct
 
 from .app import (
     ENGINE,
-    Handler,
     _attach_memory,
+    _Memory,
+    error_dialect,
+    expect_handler,
     json_response,
+    open_upstream,
     read_json,
     relay,
     send_reply,
@@ -65,7 +67,7 @@ from .app import (
 from .config import ProviderSettings
 from .errors import EngineError, InvalidFields, NotFound, UnknownProvider
 from .gateway import Engine
-from .providers import PROVIDERS, Provider
+from .providers import PROVIDERS, ChunkStream, Provider
 from .sse import encode, encode_json
 from .stream import EventStream
 from .wire import ChatRequest, Chunk, Message, Options, Role, SessionRef, Usage
@@ -265,26 +267,6 @@ def _error_frame(exc: EngineError) -> bytes:
 _DONE = encode("[DONE]")
 
 
-def _openai_errors(handler: Handler) -> Handler:
-    """Answer every error these routes raise in OpenAI's shape, not the native one."""
-
-    @functools.wraps(handler)
-    async def wrapper(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except EngineError as exc:
-            if exc.status >= 500:
-                log.warning("%s %s: %s (%s)", request.method, request.path, exc.message, exc.type)
-            return _error_response(exc)
-        except (web.HTTPException, ConnectionResetError):
-            raise  # the app's middleware knows these
-        except Exception:
-            log.exception("unhandled error in %s %s", request.method, request.path)
-            return _error_response(EngineError("internal error"))
-
-    return wrapper
-
-
 # -- request -> engine ------------------------------------------------------------
 
 
@@ -402,8 +384,76 @@ def session_from_headers(request: web.Request) -> SessionRef | None:
 # -- handlers ------------------------------------------------------------------------
 
 
-@_openai_errors
+class _Framing:
+    """One completion stream's chunk frames and its finish, in OpenAI's shape.
+
+    A slotted object, not closures over the handler's locals: an open stream
+    keeps only this, never the request's messages or the stored history
+    (those are dropped once the upstream request is made).
+    """
+
+    __slots__ = ("created", "id", "include_usage", "model", "stream")
+
+    def __init__(
+        self, stream: EventStream, cid: str, created: int, model: str, include_usage: bool
+    ) -> None:
+        self.stream = stream
+        self.id = cid
+        self.created = created
+        self.model = model
+        self.include_usage = include_usage
+
+    def frame(self, choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
+        return encode_json(
+            ChatCompletionChunk(
+                id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+            )
+        )
+
+    def start(self) -> bytes:
+        return self.frame([ChunkChoice(delta=Delta(role="assistant"))])
+
+    def chunk(self, chunk: Chunk, n: int) -> bytes | None:
+        if not (chunk.content or chunk.tool_calls):
+            return None
+        delta = Delta(content=chunk.content or None, tool_calls=chunk.tool_calls)
+        return self.frame([ChunkChoice(delta=delta)])
+
+    async def finish(self, finish_reason: str | None, usage: Usage | None, n: int) -> None:
+        # As OpenAI does: the finish reason in a chunk of its own, empty delta.
+        last = ChunkChoice(delta=Delta(), finish_reason=finish_reason or "stop")
+        await self.stream.send_frame(self.frame([last]))
+        if self.include_usage:
+            await self.stream.send_frame(self.frame([], usage))
+        # Leaving the stream's block then sends data: [DONE] (an error: the error chunk).
+
+
+@error_dialect(_error_response)
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    started = await _start_completion(request)
+    if isinstance(started, web.StreamResponse):
+        return started
+    stream, chunks, memory, framing = started
+    return await relay(
+        stream,
+        chunks,
+        memory,
+        framing.id,
+        start=framing.start(),
+        frame=framing.chunk,
+        finish=framing.finish,
+    )
+
+
+async def _start_completion(
+    request: web.Request,
+) -> web.StreamResponse | tuple[EventStream, ChunkStream, _Memory | None, _Framing]:
+    """Everything up to the upstream's acceptance: a whole response when not
+    streamed (or refused after the header deadline), else what ``relay`` needs.
+
+    A function of its own so that nothing of the request (its messages, the
+    stored history) stays referenced by the handler while the stream is open.
+    """
     engine = request.app[ENGINE]
     body = await read_json(request, CompletionRequest)
     check(body)
@@ -437,8 +487,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         )
         return json_response(completion)
 
-    # Returns once the upstream accepted: a refusal is still a JSON error.
-    chunks = await provider.open(messages, model=model, options=chat.options)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     # No retry: and no id: fields, unlike the native stream: OpenAI sends neither,
     # and the SDK's decoder dispatches a retry-only event (or, once an id was
@@ -449,40 +497,26 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         send_timeout=engine.config.send_timeout,
         end_frame=_DONE,
         error_frame=_error_frame,
+        scrub=engine.scrub,
     )
-    name = shown(chunks.model)
-
-    def frame(choices: list[ChunkChoice], usage: Usage | None = None) -> bytes:
-        return encode_json(
-            ChatCompletionChunk(id=cid, created=created, model=name, choices=choices, usage=usage)
-        )
-
-    def chunk_frame(chunk: Chunk, n: int) -> bytes | None:
-        if not (chunk.content or chunk.tool_calls):
-            return None
-        delta = Delta(content=chunk.content or None, tool_calls=chunk.tool_calls)
-        return frame([ChunkChoice(delta=delta)])
-
-    async def finish(finish_reason: str | None, usage: Usage | None, n: int) -> None:
-        # As OpenAI does: the finish reason in a chunk of its own, empty delta.
-        last = ChunkChoice(delta=Delta(), finish_reason=finish_reason or "stop")
-        await stream.send_frame(frame([last]))
-        if include_usage:
-            await stream.send_frame(frame([], usage))
-        # Leaving the stream's block then sends data: [DONE] (an error: the error chunk).
-
-    return await relay(
+    # Returns once the upstream accepted: a refusal is still a JSON error
+    # (after the header deadline, an error chunk on the stream).
+    chunks = await open_upstream(
+        stream,
+        provider.open(messages, model=model, options=chat.options),
+        engine.config.header_deadline,
+    )
+    if chunks is None:
+        return stream.response or web.Response(status=499)
+    return (
         stream,
         chunks,
         memory,
-        cid,
-        start=frame([ChunkChoice(delta=Delta(role="assistant"))]),
-        frame=chunk_frame,
-        finish=finish,
+        _Framing(stream, cid, created, shown(chunks.model), include_usage),
     )
 
 
-@_openai_errors
+@error_dialect(_error_response)
 async def list_models(request: web.Request) -> web.Response:
     """The default model of each provider with a key configured, and the mock's."""
     config = request.app[ENGINE].config
@@ -496,5 +530,5 @@ async def list_models(request: web.Request) -> web.Response:
 
 def add_openai_routes(app: web.Application) -> None:
     """Serve the OpenAI-compatible routes from ``app`` (an app made by ``create_app``)."""
-    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/chat/completions", chat_completions, expect_handler=expect_handler)
     app.router.add_get("/v1/models", list_models)

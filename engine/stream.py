@@ -275,6 +275,7 @@ class EventStream:
         "_request",
         "_response",
         "_retry_ms",
+        "_scrub",
         "_supervisor",
         "_transport",
         "_writer",
@@ -291,6 +292,7 @@ class EventStream:
         headers: Mapping[str, str] | None = None,
         end_frame: bytes | None = None,
         error_frame: Callable[[EngineError], bytes] | None = None,
+        scrub: Callable[[EngineError], EngineError] | None = None,
     ) -> None:
         self._request = request
         self._supervisor = supervisor
@@ -301,6 +303,8 @@ class EventStream:
         # ``data: {"error": ...}``) instead of the ``done`` and ``error`` events.
         self._end_frame = end_frame
         self._error_frame = error_frame
+        # Redacts an error before it leaves as an event (Engine.scrub: provider keys).
+        self._scrub = scrub
         self._response: web.StreamResponse | None = None
         self._writer: StreamWriter | None = None
         self._transport: asyncio.Transport | None = None
@@ -408,6 +412,8 @@ class EventStream:
             self._close()
 
     async def _final_error(self, exc: EngineError) -> None:
+        if self._scrub is not None:
+            exc = self._scrub(exc)
         try:
             await self.flush()
             if self._error_frame is not None:

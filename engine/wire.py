@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 __all__ = [
+    "MAX_JSON_DEPTH",
     "ChatRequest",
     "Chunk",
     "DoneEvent",
@@ -25,9 +26,38 @@ __all__ = [
     "SessionRef",
     "StartEvent",
     "Usage",
+    "json_depth",
 ]
 
 Role = Literal["system", "user", "assistant"]
+
+#: Deepest nesting of free-form JSON a request may carry (tool schemas, memory
+#: metadata). Real JSON Schemas stay far below it; what a store or provider
+#: re-encodes must stay far below the interpreter's recursion limit (~1,000),
+#: which msgspec and the stdlib ``json`` hit as a RecursionError.
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value: object) -> int:
+    """How deeply ``value`` nests lists and dicts (a scalar is 0), without recursion."""
+    depth = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        level += 1
+        if level > depth:
+            depth = level
+            if depth > MAX_JSON_DEPTH:
+                return depth  # deep enough to refuse: stop walking
+        stack.extend((child, level) for child in children)
+    return depth
+
 
 #: A parent class or id for conversation memory: printable, 1..200 characters.
 ParentKey = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
@@ -80,6 +110,9 @@ class Reply(Struct, kw_only=True, omit_defaults=True):
     tool_calls: list[dict[str, Any]] | None = None
 
 
+#: Largest ``max_history`` a request may ask for (engine.config.MAX_HISTORY_LIMIT).
+MAX_HISTORY = 10_000
+
 StopList = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=16)]
 
 
@@ -103,7 +136,7 @@ class Options(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=Tr
     stop: str | StopList | None = None
     interval_ms: Annotated[int, Meta(ge=0, le=60_000)] | None = None
     token_size: Annotated[int, Meta(ge=1, le=65_536)] | None = None
-    max_history: Annotated[int, Meta(ge=0)] | None = None
+    max_history: Annotated[int, Meta(ge=0, le=MAX_HISTORY)] | None = None
     tools: Annotated[list[dict[str, Any]], Meta(max_length=128)] | None = None
     tool_choice: str | dict[str, Any] | None = None
 
@@ -111,6 +144,9 @@ class Options(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=Tr
         # Raised as ValueError, which msgspec reports as a ValidationError (422)
         # when decoding; each message starts with the field it is about.
         names: set[str] = set()
+        for field in ("tools", "tool_choice"):
+            if json_depth(getattr(self, field)) > MAX_JSON_DEPTH:
+                raise ValueError(f"`{field}` is nested deeper than {MAX_JSON_DEPTH} levels")
         for index, tool in enumerate(self.tools or ()):
             where = f"`tools[{index}]`"
             if not isinstance(tool, dict) or tool.get("type") != "function":

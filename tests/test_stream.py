@@ -187,7 +187,7 @@ async def test_a_reader_that_stops_reading_is_dropped_after_the_send_timeout(aio
             }
         ).encode()
         request = (
-            b"POST /v1/chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"POST /v1/chat/stream HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
             b"Content-Length: %d\r\n\r\n" % len(body)
         ) + body
         await loop.sock_sendall(sock, request)
@@ -329,7 +329,7 @@ async def test_the_body_on_the_wire_is_exact_for_both_http_versions(version, int
         host, port = url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
         writer.write(
-            f"POST /v1/chat/stream HTTP/{version}\r\nHost: x\r\nConnection: close\r\n"
+            f"POST /v1/chat/stream HTTP/{version}\r\nHost: localhost\r\nConnection: close\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
@@ -411,7 +411,7 @@ async def test_an_idle_stream_whose_reader_froze_is_dropped_by_its_heartbeats(
     loop = asyncio.get_running_loop()
     await loop.sock_connect(sock, (server.host, server.port))
     try:
-        await loop.sock_sendall(sock, b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        await loop.sock_sendall(sock, b"GET /sse HTTP/1.1\r\nHost: localhost\r\n\r\n")
         async with asyncio.timeout(10):
             while not len(engine.supervisor):  # noqa: ASYNC110 - no event for "registered"
                 await asyncio.sleep(0.01)
@@ -439,7 +439,7 @@ async def test_the_response_size_aiohttp_logs_is_the_bytes_on_the_wire():
     async with running(app, handler_cancellation=False) as url:
         host, port = url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
-        writer.write(b"GET /sse HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /sse HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         async with asyncio.timeout(10):
             raw = await reader.read()
         writer.close()

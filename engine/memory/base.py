@@ -30,10 +30,12 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from ..errors import InvalidFields, StoreUnavailable
+from ..wire import MAX_JSON_DEPTH, json_depth
 
 __all__ = [
     "DEFAULT_TTL",
     "MAX_KEY_LENGTH",
+    "MAX_LIMIT",
     "Conversation",
     "MemoryStore",
     "MessageRole",
@@ -48,6 +50,9 @@ MessageType = Literal["text", "image", "audio"]
 #: ``engine.wire.ParentKey``; 200 is ample for a class name plus a UUID and keeps
 #: Redis keys and index entries small.
 MAX_KEY_LENGTH: Final = 200
+#: ``get_messages(limit=...)`` above this reads as "all": a conversation longer
+#: than this cannot be loaded in one piece anyway.
+MAX_LIMIT: Final = 1_000_000
 
 #: Seconds a conversation lives in stores that expire keys (Redis): 30 days,
 #: the same default as ``Config.memory_ttl``.
@@ -178,6 +183,8 @@ def build_message(
         metadata = {}
     if not isinstance(metadata, dict):
         raise InvalidFields(f"metadata must be an object, not {type(metadata).__name__}")
+    if json_depth(metadata) > MAX_JSON_DEPTH:
+        raise InvalidFields(f"metadata is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         # Normalise through JSON now, so every backend returns exactly this and
         # anything JSON cannot carry is a 422 here rather than a failure mid-write.
@@ -397,6 +404,9 @@ class Conversation:
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
                 raise InvalidFields(f"limit must be an integer >= 0, not {limit!r}")
+            # Past every stored conversation's length, and inside every backend's
+            # integer type (SQLite's 64-bit LIMIT raised OverflowError above it).
+            limit = min(limit, MAX_LIMIT)
             if limit == 0:
                 self._store._check_open()
                 return []
