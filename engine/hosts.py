@@ -27,7 +27,7 @@ _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhos
 
 def _hostname(value: str) -> str:
     """The name part of a ``Host`` header value, lower-cased, without port or trailing dot."""
-    value = value.strip().lower()
+    value = value.lower()
     if value.startswith("["):  # [::1]:8080
         end = value.find("]")
         return value[1:end] if end > 0 else value
@@ -70,6 +70,9 @@ class HostCheck:
                 exact.add(name[1:])
             elif name:
                 exact.add(name)
+        if loopback:
+            # The names clients use, matched without parsing an address.
+            exact.update(_LOOPBACK_NAMES, ("127.0.0.1", "::1"))
         self._exact = frozenset(exact)
         self._suffixes = tuple(suffixes)
         self._loopback = loopback

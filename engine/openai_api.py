@@ -54,6 +54,7 @@ from msgspec import Meta, Struct
 
 from .app import (
     ENGINE,
+    SERVER_HEADER,
     _attach_memory,
     _Memory,
     error_dialect,
@@ -265,6 +266,7 @@ def _error_frame(exc: EngineError) -> bytes:
 
 
 _DONE = encode("[DONE]")
+_HEADERS = {"Server": SERVER_HEADER}
 
 
 # -- request -> engine ------------------------------------------------------------
@@ -495,6 +497,7 @@ async def _start_completion(
         request,
         supervisor=engine.supervisor,
         send_timeout=engine.config.send_timeout,
+        headers=_HEADERS,
         end_frame=_DONE,
         error_frame=_error_frame,
         scrub=engine.scrub,
@@ -504,7 +507,9 @@ async def _start_completion(
     chunks = await open_upstream(
         stream,
         provider.open(messages, model=model, options=chat.options),
-        engine.config.header_deadline,
+        request=request,
+        supervisor=engine.supervisor,
+        deadline=engine.config.header_deadline,
     )
     if chunks is None:
         return stream.response or web.Response(status=499)

@@ -44,6 +44,7 @@ __all__ = [
     "DEFAULT_HEARTBEAT",
     "DEFAULT_SEND_TIMEOUT",
     "EventStream",
+    "Opening",
     "StreamSupervisor",
 ]
 
@@ -99,6 +100,47 @@ class _Watch:
         if self.interrupted is None and not self._task.done():
             self.interrupted = reason
             self._task.cancel()
+
+
+class Opening(_Watch):
+    """A stream whose upstream has not answered yet (see ``app.open_upstream``).
+
+    Like :class:`_Watch`, its task is cancelled if the client leaves or the
+    server stops; and once ``deadline`` (loop time) passes, the supervisor
+    sends the stream's headers from a task of its own (:attr:`early`), so
+    heartbeats begin while the upstream thinks. Ticked by the supervisor
+    rather than timed: a timer per stream costs asyncio's heap more than the
+    supervisor's set does, and a tick's lateness (at most a second) does not
+    matter against a deadline of seconds.
+    """
+
+    __slots__ = ("_deadline", "_stream", "early")
+
+    def __init__(
+        self,
+        request: web.BaseRequest,
+        task: asyncio.Task[Any],
+        stream: EventStream,
+        deadline: float,
+    ) -> None:
+        super().__init__(request, task)
+        self._stream = stream
+        self._deadline = deadline
+        #: The task sending the headers, once the deadline passed.
+        self.early: asyncio.Task[EventStream] | None = None
+
+    def _check(self, due: float, supervisor: StreamSupervisor) -> None:
+        if self.early is not None:
+            return  # the stream watches its client itself from here
+        super()._check(due, supervisor)
+        if self.interrupted is None and due + supervisor.heartbeat >= self._deadline:
+            self.early = asyncio.get_running_loop().create_task(
+                self._stream.prepare(owner=self._task)
+            )
+
+    def _interrupt(self, reason: str) -> None:
+        if self.early is None:  # after it, the stream is registered and is interrupted itself
+            super()._interrupt(reason)
 
 
 class StreamSupervisor:
@@ -172,6 +214,19 @@ class StreamSupervisor:
             raise
         finally:
             self.unregister(watch)
+
+    def opening(self, request: web.BaseRequest, stream: EventStream, deadline: float) -> Opening:
+        """Register the current task as opening ``stream``'s upstream; headers at ``deadline`` s.
+
+        The caller unregisters it when the upstream answered. Raises
+        :class:`~engine.errors.ShuttingDown` when the server is stopping (no
+        upstream request is made then).
+        """
+        task = asyncio.current_task()
+        assert task is not None  # always inside a task under aiohttp
+        opening = Opening(request, task, stream, asyncio.get_running_loop().time() + deadline)
+        self.register(opening)
+        return opening
 
     async def wait_empty(self) -> None:
         """Return when no stream is open (at once if none is)."""
@@ -345,8 +400,13 @@ class EventStream:
             return "shutdown"
         return "error"
 
-    async def prepare(self) -> EventStream:
-        """Send the response headers (and ``retry:``) and start heartbeats. Idempotent."""
+    async def prepare(self, *, owner: asyncio.Task[Any] | None = None) -> EventStream:
+        """Send the response headers (and ``retry:``) and start heartbeats. Idempotent.
+
+        ``owner`` is the task to cancel when the client leaves (default: the
+        current one); a handler that sends the headers from a helper task
+        while it waits for the upstream passes itself.
+        """
         if self._response is not None:
             return self
         if self._supervisor is not None and self._supervisor.stopping:
@@ -367,7 +427,7 @@ class EventStream:
         _limit_unacked(transport, self.send_timeout)
         self._loop = loop = asyncio.get_running_loop()
         self._last_write = loop.time()
-        task = asyncio.current_task()
+        task = owner or asyncio.current_task()
         self._owner = weakref.ref(task) if task is not None else None
         if self._supervisor is not None:
             self._supervisor.register(self)

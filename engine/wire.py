@@ -144,8 +144,8 @@ class Options(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=Tr
         # Raised as ValueError, which msgspec reports as a ValidationError (422)
         # when decoding; each message starts with the field it is about.
         names: set[str] = set()
-        for field in ("tools", "tool_choice"):
-            if json_depth(getattr(self, field)) > MAX_JSON_DEPTH:
+        for field, value in (("tools", self.tools), ("tool_choice", self.tool_choice)):
+            if value is not None and json_depth(value) > MAX_JSON_DEPTH:
                 raise ValueError(f"`{field}` is nested deeper than {MAX_JSON_DEPTH} levels")
         for index, tool in enumerate(self.tools or ()):
             where = f"`tools[{index}]`"
