@@ -15,16 +15,22 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
-
 from . import __version__
-from .app import create_app
 from .config import Config
 from .errors import EngineError
+from .server import start_server
 
 __all__ = ["main"]
 
 log = logging.getLogger("engine")
+
+
+def _host_list(value: str) -> list[str]:
+    """``--allowed-hosts a.example,.b.example`` -> ``["a.example", ".b.example"]``."""
+    hosts = [host.strip() for host in value.split(",") if host.strip()]
+    if not hosts:
+        raise argparse.ArgumentTypeError("expected host names separated by commas, or '*'")
+    return hosts
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +47,26 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--send-timeout", type=float, help="seconds a write may wait for a client")
     serve.add_argument("--shutdown-grace", type=float, help="seconds open streams get on stop")
     serve.add_argument("--max-body-size", type=int, help="largest request body in bytes")
+    serve.add_argument(
+        "--header-timeout", type=float, help="seconds a client may take to send a request head"
+    )
+    serve.add_argument(
+        "--keepalive-timeout", type=float, help="seconds an idle connection stays open"
+    )
+    serve.add_argument(
+        "--header-deadline",
+        type=float,
+        help="seconds a stream waits for the upstream before its headers go out",
+    )
+    serve.add_argument(
+        "--allowed-hosts",
+        type=_host_list,
+        metavar="HOST[,HOST...]",
+        help="Host header values to answer ('*' for any; default: loopback names on loopback)",
+    )
+    serve.add_argument(
+        "--max-history", type=int, help="stored messages sent upstream per request (default 100)"
+    )
     serve.add_argument("--memory", dest="memory_url", help="memory store URL (sqlite:///path, ...)")
     serve.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="default info"
@@ -61,19 +87,9 @@ def _use_uvloop() -> str:
 
 async def serve(config: Config, *, access_log: bool = False, loop_name: str = "asyncio") -> None:
     """Run the gateway until SIGINT/SIGTERM, then shut down gracefully."""
-    app = create_app(config)
-    # handler_cancellation: a client that disconnects cancels its handler at
-    # once, which stops the upstream request too (USERS-ASK 1).
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        handler_cancellation=True,
-        access_log=log if access_log else None,
-        shutdown_timeout=config.shutdown_grace + 5,
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=4096)
-    await site.start()
+    # engine.server: aiohttp's server with a request-head timeout, the
+    # keep-alive timeout, and quiet JSON answers to malformed requests.
+    runner = await start_server(config, access_log=log if access_log else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -94,21 +110,31 @@ async def serve(config: Config, *, access_log: bool = False, loop_name: str = "a
         await runner.cleanup()
 
 
+def _load_config(args: argparse.Namespace) -> Config:
+    """The config the flags in ``args`` describe (over the file and environment)."""
+    return Config.load(
+        args.config,
+        host=args.host,
+        port=args.port,
+        provider=args.provider,
+        heartbeat=args.heartbeat,
+        send_timeout=args.send_timeout,
+        shutdown_grace=args.shutdown_grace,
+        max_body_size=args.max_body_size,
+        header_timeout=args.header_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        header_deadline=args.header_deadline,
+        allowed_hosts=args.allowed_hosts,
+        max_history=args.max_history,
+        memory_url=args.memory_url,
+        log_level=args.log_level,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        config = Config.load(
-            args.config,
-            host=args.host,
-            port=args.port,
-            provider=args.provider,
-            heartbeat=args.heartbeat,
-            send_timeout=args.send_timeout,
-            shutdown_grace=args.shutdown_grace,
-            max_body_size=args.max_body_size,
-            memory_url=args.memory_url,
-            log_level=args.log_level,
-        )
+        config = _load_config(args)
         from .providers import resolve
 
         resolve(config.provider)

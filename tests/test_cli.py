@@ -10,9 +10,11 @@ import subprocess
 import sys
 
 import aiohttp
+import pytest
 
-from engine import __version__
+from engine import __version__, cli
 from engine.client import iter_events
+from engine.config import Config
 
 
 def test_version():
@@ -67,3 +69,69 @@ async def test_serve_streams_then_sigterm_says_goodbye_and_exits_0(tmp_path):
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+NEW_FLAGS = [
+    "--header-timeout",
+    "--keepalive-timeout",
+    "--header-deadline",
+    "--allowed-hosts",
+    "--max-history",
+]
+
+
+def test_serve_help_lists_the_connection_and_history_flags():
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for flag in NEW_FLAGS:
+        assert flag in out.stdout
+
+
+def test_flags_reach_the_config():
+    args = cli._parser().parse_args(
+        ["serve", "--header-timeout", "2.5", "--keepalive-timeout", "30", "--header-deadline", "4",
+         "--allowed-hosts", "api.example.com, .example.org", "--max-history", "7"]
+    )  # fmt: skip
+    config = cli._load_config(args)
+    assert config.header_timeout == 2.5
+    assert config.keepalive_timeout == 30
+    assert config.header_deadline == 4
+    assert config.allowed_hosts == ["api.example.com", ".example.org"]
+    assert config.max_history == 7
+    star = cli._load_config(cli._parser().parse_args(["serve", "--allowed-hosts", "*"]))
+    assert star.allowed_hosts == ["*"]
+
+
+def test_unset_flags_keep_the_defaults():
+    config = cli._load_config(cli._parser().parse_args(["serve"]))
+    defaults = Config()
+    assert (config.header_timeout, config.keepalive_timeout, config.max_history) == (
+        defaults.header_timeout, defaults.keepalive_timeout, defaults.max_history,
+    )  # fmt: skip
+    assert config.allowed_hosts is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--allowed-hosts", ""], ["--allowed-hosts", " , "], ["--header-timeout", "soon"]],
+)
+def test_bad_flag_values_are_usage_errors(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli._parser().parse_args(["serve", *argv])
+    assert exc.value.code == 2
+    assert argv[0] in capsys.readouterr().err
+
+
+def test_an_invalid_timeout_is_a_clear_error_not_a_traceback():
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "serve", "--header-timeout", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2
+    assert "header_timeout" in out.stderr
+    assert "Traceback" not in out.stderr

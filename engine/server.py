@@ -1,0 +1,327 @@
+"""The HTTP server under ``sse-engine serve``: aiohttp's, with two protocol-level guards.
+
+aiohttp's ``RequestHandler`` has no deadline for reading a request head, and an
+idle-connection timer (``keepalive_timeout``) of 3,630 s by default; it logs
+every malformed request at ERROR with a traceback and answers it in plain
+text that quotes the offending bytes. This module keeps aiohttp's parser and
+request loop, passes ``keepalive_timeout`` (75 s by default, as nginx) and
+changes two things:
+
+* **Header timeout** (slowloris). A connection must send a complete request
+  head within ``header_timeout`` seconds of opening, and within
+  ``header_timeout`` of the first byte of each later head; otherwise it is
+  closed without a response. nginx's ``client_header_timeout`` closes the same
+  way and, like node's ``headersTimeout``, times a later head from its start.
+  Between requests, an idle connection gets ``keepalive_timeout``: aiohttp's
+  own timer, which runs from the end of the previous response and closes the
+  connection unless a complete head has arrived by then. Both timers look
+  only at a connection waiting for its next request, so a response that
+  streams for minutes is never cut. The cost is one timer per request head,
+  none per chunk written.
+* **Malformed requests** are answered in the engine's JSON error shape with a
+  fixed message (never the request's bytes), ``Connection: close`` and
+  ``Server: sse-engine``, and logged at INFO, one line per
+  :data:`BAD_REQUEST_LOG_INTERVAL` at most, without a traceback.
+
+The hooks, and the private aiohttp API they rely on (checked against aiohttp
+3.14; each use is marked ``private aiohttp API`` below):
+
+* ``AppRunner._make_server`` (overridden): lets aiohttp build its
+  ``web.Server``, then builds :class:`_Server` from that server's
+  ``request_handler``, ``request_factory``, ``handler_cancellation`` and its
+  private ``_kwargs`` (the ``RequestHandler`` arguments ``Application``
+  collected).
+* ``RequestHandler._waiter``: the future the request loop (``start()``) awaits
+  while it waits for the next request; pending means "idle". aiohttp's own
+  ``_process_keepalive`` uses the same test.
+* ``RequestHandler._messages``: the queue of parsed request heads; non-empty
+  means a head has been received.
+* ``RequestHandler.handle_error`` (public, overridden), which the request loop
+  calls for a request the parser rejected, and ``connection_made``,
+  ``data_received``, ``connection_lost`` (asyncio's protocol methods).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import http_exceptions, web
+
+from .app import create_app
+from .config import Config
+from .wire import ErrorEvent
+
+__all__ = ["BACKLOG", "BAD_REQUEST_LOG_INTERVAL", "SERVER", "GatewayRunner", "start_server"]
+
+log = logging.getLogger("engine.server")
+
+#: Connections the kernel queues before we accept them. Linux caps it at
+#: ``net.core.somaxconn``, 4096 by default since 5.4; uvicorn asks for 2048,
+#: nginx for 511, aiohttp for 128.
+BACKLOG = 4096
+
+#: Seconds between two log lines about malformed requests; the ones in between
+#: are counted and the count goes into the next line. Scanners send bursts of
+#: them: aiohttp's one line and traceback per request made 594 KB of log from
+#: 1,000 in 0.4 s. Like Linux's ``printk_ratelimit`` (5 s, burst 10) and
+#: syslog-ng's ``throttle()``, but one line, since every line says the same.
+BAD_REQUEST_LOG_INTERVAL = 1.0
+
+#: The ``Server`` header of the responses written here: no version to fingerprint.
+SERVER = "sse-engine"
+
+_encoder = msgspec.json.Encoder()
+
+# What a rejected request gets told, by parser error: fixed text, since the
+# parser's own messages quote the input (a reflected-content vector, and noise).
+# First match wins: BadHttpMethod subclasses BadStatusLine.
+_PROTOCOL_ERRORS: tuple[tuple[type[http_exceptions.HttpProcessingError], str], ...] = (
+    (http_exceptions.LineTooLong, "request line or header field too long"),
+    (http_exceptions.BadHttpMethod, "invalid request method"),
+    (http_exceptions.BadStatusLine, "malformed request line"),
+    (http_exceptions.InvalidURLError, "invalid request target"),
+    (http_exceptions.InvalidHeader, "malformed header field"),
+    (http_exceptions.PayloadEncodingError, "malformed message framing"),
+)
+
+
+def _describe(exc: http_exceptions.HttpProcessingError) -> str:
+    for kind, message in _PROTOCOL_ERRORS:
+        if isinstance(exc, kind):
+            return message
+    return "malformed HTTP request"
+
+
+class _BadRequestLog:
+    """Log malformed requests at most once per interval, counting the rest.
+
+    One per server (not per connection): a flood arrives on many connections.
+    The count of the last interval of a burst is reported with the next bad
+    request, or never; a line per bad request is what this replaces.
+    """
+
+    __slots__ = ("_next", "_suppressed")
+
+    def __init__(self) -> None:
+        self._next = 0.0
+        self._suppressed = 0
+
+    def note(self, peer: str | None, status: int, what: str) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._suppressed += 1
+            return
+        self._next = now + BAD_REQUEST_LOG_INTERVAL
+        suppressed, self._suppressed = self._suppressed, 0
+        if suppressed:
+            log.info(
+                "malformed request from %s answered %d (%s); %d more since the last such line",
+                peer,
+                status,
+                what,
+                suppressed,
+            )
+        else:
+            log.info("malformed request from %s answered %d (%s)", peer, status, what)
+
+
+class _RequestHandler(web.RequestHandler):
+    """aiohttp's protocol with a request-head deadline and quiet, JSON protocol errors."""
+
+    __slots__ = ("_bad_requests", "_head_timer", "_header_timeout")
+
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        header_timeout: float,
+        bad_requests: _BadRequestLog,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._bad_requests = bad_requests
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # From the first moment: a connection that never sends a byte is the
+        # cheapest slowloris of all.
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        # Two attribute tests per read; nothing on the write path.
+        if self._head_timer is None and data:
+            waiter = self._waiter  # private aiohttp API
+            if waiter is not None and not waiter.done():
+                # The first bytes of a new head on an idle kept-alive connection.
+                self._arm_head_timer()
+        super().data_received(data)
+        if self._head_timer is not None and self._messages:  # private aiohttp API
+            # A complete head was parsed (or a parse error queued): the body
+            # and the handler are not this timer's business.
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._head_timer = loop.call_later(self._header_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        waiter = self._waiter  # private aiohttp API
+        if waiter is None or waiter.done() or self._messages:  # private aiohttp API
+            # A request is queued or being answered: its head arrived in time.
+            return
+        log.debug(
+            "closing connection from %s: no complete request head within %g s",
+            self.peername,
+            self._header_timeout,
+        )
+        self.force_close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Answer a request the parser rejected in JSON, and log it quietly.
+
+        Everything else (a handler's 500 or 504, which the app's middleware
+        normally catches first) keeps aiohttp's behaviour, less its version.
+        """
+        if not isinstance(exc, http_exceptions.HttpProcessingError) or not 400 <= status < 500:
+            response = super().handle_error(request, status, exc, message)
+            response.headers["Server"] = SERVER
+            return response
+        self._bad_requests.note(request.remote, status, type(exc).__name__)
+        if request.writer.output_size > 0:
+            # As aiohttp: part of a response is out, so no error response fits.
+            raise ConnectionError("response already started, cannot send the error")
+        error = ErrorEvent(
+            message=_describe(exc),
+            code=status,
+            type="bad_request" if status == 400 else "http_error",
+        )
+        response = web.Response(
+            status=status,
+            body=_encoder.encode(error),
+            content_type="application/json",
+            # The parser's stand-in request is HTTP/1.0, for which aiohttp
+            # writes no Connection header even when it closes: say it.
+            headers={"Server": SERVER, "Connection": "close"},
+        )
+        response.force_close()
+        return response
+
+
+_Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+class _Server(web.Server):
+    """Makes :class:`_RequestHandler` protocols; one bad-request log per server."""
+
+    def __init__(
+        self,
+        handler: _Handler,
+        *,
+        request_factory: Callable[..., web.BaseRequest],
+        handler_cancellation: bool,
+        header_timeout: float,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            handler,
+            request_factory=request_factory,
+            handler_cancellation=handler_cancellation,
+            **kwargs,
+        )
+        # Our own copies of what Server keeps privately for its __call__.
+        self._handler_loop = asyncio.get_running_loop()
+        self._handler_kwargs = kwargs
+        self._header_timeout = header_timeout
+        self._bad_requests = _BadRequestLog()
+
+    def __call__(self) -> web.RequestHandler:
+        return _RequestHandler(
+            self,
+            loop=self._handler_loop,
+            header_timeout=self._header_timeout,
+            bad_requests=self._bad_requests,
+            **self._handler_kwargs,
+        )
+
+
+class GatewayRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections have a request-head deadline and quiet errors.
+
+    Takes ``AppRunner``'s arguments plus ``header_timeout`` (seconds); pass
+    ``keepalive_timeout`` as usual, it reaches aiohttp's ``RequestHandler``.
+    """
+
+    __slots__ = ("_header_timeout",)
+
+    def __init__(self, app: web.Application, *, header_timeout: float, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._header_timeout = header_timeout
+
+    async def _make_server(self) -> web.Server:  # private aiohttp API
+        # aiohttp runs the app's start-up and gathers the handler arguments
+        # (debug, access log class, handler_args); keep all that, change the class.
+        server = await super()._make_server()
+        return _Server(
+            server.request_handler,
+            request_factory=server.request_factory,
+            handler_cancellation=server.handler_cancellation,
+            header_timeout=self._header_timeout,
+            **server._kwargs,  # private aiohttp API
+        )
+
+
+async def start_server(
+    config: Config, *, access_log: logging.Logger | None = None
+) -> GatewayRunner:
+    """Build the app and listen on ``config.host``/``config.port``; ``cleanup()`` stops it.
+
+    ``runner.addresses[0]`` is the bound address (the real port for port 0).
+    ``cleanup()`` stops listening, runs the app's shutdown (the grace period
+    for open streams), then closes what is left.
+
+    Raises :class:`OSError` when the address cannot be bound (the app is
+    cleaned up first).
+    """
+    runner = GatewayRunner(
+        create_app(config),
+        handle_signals=False,
+        # A client that disconnects cancels its handler at once, which stops
+        # the upstream request too (USERS-ASK 1).
+        handler_cancellation=True,
+        access_log=access_log,
+        # aiohttp's default is 3,630 s: idle connections would pile up.
+        keepalive_timeout=config.keepalive_timeout,
+        header_timeout=config.header_timeout,
+        shutdown_timeout=config.shutdown_grace + 5,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port, backlog=BACKLOG)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    return runner
