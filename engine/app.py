@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypedDict, TypeVar
 
 import msgspec
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 from ._eager import next_ready
 from .config import Config
@@ -38,6 +38,7 @@ from .errors import (
     HostNotAllowed,
     InvalidFields,
     PayloadTooLarge,
+    RequestTimeout,
     ShuttingDown,
     StoreUnavailable,
     UnsupportedMediaType,
@@ -230,14 +231,23 @@ async def read_json(request: web.Request, type: type[T]) -> T:
         raise UnsupportedMediaType(
             f"expected Content-Type application/json, got {request.content_type or 'none'}"
         )
-    limit = request.app[ENGINE].config.max_body_size
+    config = request.app[ENGINE].config
+    limit = config.max_body_size
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
-    body = bytearray()
-    async for data in request.content.iter_any():
-        body += data
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    content = request.content
+    if content.is_eof():  # all of it arrived with the head (the usual case): no wait
+        body = await _read_body(content, limit)
+    else:
+        # A body sent a byte at a time would hold the connection and the
+        # handler for ever (slowloris after the head): bounded like the head.
+        try:
+            async with asyncio.timeout(config.header_timeout):
+                body = await _read_body(content, limit)
+        except TimeoutError:
+            raise RequestTimeout(
+                f"the request body did not arrive within {config.header_timeout:g} s"
+            ) from None
     try:
         return msgspec.json.decode(body, type=type)
     # ValidationError subclasses DecodeError: catch it first.
@@ -250,6 +260,15 @@ async def read_json(request: web.Request, type: type[T]) -> T:
         # in an unknown field too); values we keep are bounded far lower
         # (wire.MAX_JSON_DEPTH).
         raise BadRequest(f"JSON nested too deeply (limit {MAX_JSON_DEPTH} levels)") from exc
+
+
+async def _read_body(content: StreamReader, limit: int) -> bytearray:
+    body = bytearray()
+    async for data in content.iter_any():
+        body += data
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    return body
 
 
 def chat_request_from_query(request: web.Request) -> ChatRequest:

@@ -12,6 +12,7 @@ Tree::
     ├── BadRequest                   400 bad_request
     │   └── UnknownProvider          400 unknown_provider
     ├── NotFound                     404 not_found
+    ├── RequestTimeout               408 request_timeout
     ├── PayloadTooLarge              413 payload_too_large
     ├── ExpectationFailed            417 expectation_failed
     ├── HostNotAllowed               421 host_not_allowed
@@ -49,6 +50,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "ProviderNotConfigured",
+    "RequestTimeout",
     "SSEProtocolError",
     "ShuttingDown",
     "StoreUnavailable",
@@ -104,6 +106,13 @@ class NotFound(EngineError):
 
     status = 404
     type = "not_found"
+
+
+class RequestTimeout(EngineError):
+    """Raised when a client sends its request body too slowly (``header_timeout``)."""
+
+    status = 408
+    type = "request_timeout"
 
 
 class PayloadTooLarge(EngineError):

@@ -465,3 +465,28 @@ async def test_any_host_when_listening_on_all_interfaces_or_with_a_star(aiohttp_
     for config in (make_config(host="0.0.0.0"), make_config(allowed_hosts=["*"])):
         client = await aiohttp_client(create_app(config))
         assert await _status(client, "anything.example") == 200
+
+
+# -- 5. a request body sent a byte at a time -----------------------------------------
+
+
+async def test_a_body_that_trickles_in_is_refused_after_the_header_timeout(aiohttp_server):
+    server = await aiohttp_server(create_app(make_config(header_timeout=0.3)))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(
+            b"POST /v1/chat HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 408")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            assert json.loads(await reader.readexactly(length))["type"] == "request_timeout"
+    finally:
+        writer.close()
