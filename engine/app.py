@@ -81,6 +81,12 @@ _MAX_BATCH = 64
 _LONE_RUN = 8
 _PLAIN_RUN = 64
 
+#: Characters of a streamed reply kept for memory; the rest is streamed but not
+#: stored, and the stored message says ``"truncated": true``. The largest real
+#: outputs (128k tokens) are about 512 KiB of text; the mock streams up to
+#: 64 GB, which a conversation must not try to hold.
+MAX_STORED_REPLY_CHARS = 4 * 1024 * 1024
+
 # Query parameters of GET /v1/chat/stream that are not generation options.
 _QUERY_FIELDS = frozenset({"q", "provider", "model", "parent", "parent_id"})
 
@@ -529,6 +535,7 @@ async def relay(
     a client that left stores the part that was written, marked partial.
     """
     seen: list[str] = []  # what the client was sent, for memory
+    room = MAX_STORED_REPLY_CHARS  # below 0: the rest of the reply is not kept
     try:
         async with chunks:
             # Stored before the headers, so a store that is down is still a JSON
@@ -583,8 +590,10 @@ async def relay(
                         continue
                     stream.queue_frame(data)
                     pending += 1
-                    if memory is not None:
-                        seen.append(chunk.content)
+                    if memory is not None and room >= 0:
+                        room -= len(chunk.content)
+                        if room >= 0:
+                            seen.append(chunk.content)
                     if plain or pending >= _MAX_BATCH:
                         # (the last plain chunk is left queued: the eager step
                         # that follows writes it before any wait)
@@ -594,24 +603,30 @@ async def relay(
                         pending = 0
                 await stream.flush()
                 if memory is not None:
-                    await memory.store_reply("".join(seen), {"stream_id": stream_id})
+                    metadata: dict[str, Any] = {"stream_id": stream_id}
+                    if room < 0:
+                        metadata["truncated"] = True
+                    await memory.store_reply("".join(seen), metadata)
                     memory = None
                 await finish(finish_reason, usage, n)
     finally:
         # `memory` is None once the whole reply was stored.
         if memory is not None and seen:
-            if stream.queued:  # framed, never written: the user did not see them
+            if stream.queued and room >= 0:  # framed, never written: the user did not see them
                 del seen[-stream.queued :]
-            await _store_partial(memory, seen, stream_id, stream.end_reason)
+            await _store_partial(memory, seen, stream_id, stream.end_reason, room < 0)
     return stream.response or web.Response(status=499)
 
 
-async def _store_partial(memory: _Memory, seen: list[str], sid: str, reason: str) -> None:
+async def _store_partial(
+    memory: _Memory, seen: list[str], sid: str, reason: str, truncated: bool
+) -> None:
     """Keep what the user saw of a reply that did not finish (USERS-ASK 5)."""
+    metadata: dict[str, Any] = {"partial": True, "reason": reason, "stream_id": sid}
+    if truncated:
+        metadata["truncated"] = True
     try:
-        await memory.store_reply(
-            "".join(seen), {"partial": True, "reason": reason, "stream_id": sid}
-        )
+        await memory.store_reply("".join(seen), metadata)
     except StoreUnavailable:
         log.warning("could not store the partial reply of stream %s", sid)
 

@@ -490,3 +490,28 @@ async def test_a_body_that_trickles_in_is_refused_after_the_header_timeout(aioht
             assert json.loads(await reader.readexactly(length))["type"] == "request_timeout"
     finally:
         writer.close()
+
+
+async def test_a_huge_streamed_reply_is_stored_truncated_not_held_whole(aiohttp_client):
+    """1,000,000 x 65,536 characters with memory attached once meant holding all of it."""
+    from engine.app import MAX_STORED_REPLY_CHARS
+
+    app = create_app(make_config())
+    client = await aiohttp_client(app)
+    size = 65_536
+    chunks = MAX_STORED_REPLY_CHARS // size + 3  # a little over the bound
+    body = {
+        "messages": USER,
+        "session": {"parent": "Chat", "id": "huge"},
+        "options": {"max_tokens": chunks, "token_size": size, "interval_ms": 0},
+    }
+    resp = await client.post("/v1/chat/stream", json=body)
+    events = await read_events(resp)
+    assert events[-1].event == "done"
+    streamed = "".join(json.loads(e.data)["content"] for e in events[1:-1])
+    assert len(streamed) == chunks * size  # the client got all of it
+    conv = (await app[ENGINE].open_memory()).for_parent("Chat", "huge")
+    reply = (await conv.get_messages())[-1]
+    assert reply.metadata["truncated"] is True
+    assert len(reply.content) <= MAX_STORED_REPLY_CHARS
+    assert streamed.startswith(reply.content)
