@@ -242,8 +242,11 @@ async def read_json(request: web.Request, type: type[T]) -> T:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     content = request.content
+    body: bytes | bytearray
     if content.is_eof():  # all of it arrived with the head (the usual case): no wait
-        body = await _read_body(content, limit)
+        body = await content.read()
+        if len(body) > limit:  # a chunked body has no Content-Length to check first
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
     else:
         # A body sent a byte at a time would hold the connection and the
         # handler for ever (slowloris after the head): bounded like the head.
@@ -268,7 +271,7 @@ async def read_json(request: web.Request, type: type[T]) -> T:
         raise BadRequest(f"JSON nested too deeply (limit {MAX_JSON_DEPTH} levels)") from exc
 
 
-async def _read_body(content: StreamReader, limit: int) -> bytearray:
+async def _read_body(content: StreamReader, limit: int) -> bytes | bytearray:
     body = bytearray()
     async for data in content.iter_any():
         body += data

@@ -14,10 +14,10 @@ changes two things:
   way and, like node's ``headersTimeout``, times a later head from its start.
   Between requests, an idle connection gets ``keepalive_timeout``: aiohttp's
   own timer, which runs from the end of the previous response and closes the
-  connection unless a complete head has arrived by then. Both timers look
-  only at a connection waiting for its next request, so a response that
-  streams for minutes is never cut. The cost is one timer per request head,
-  none per chunk written.
+  connection unless a complete head has arrived by then. Both look only at
+  a connection waiting for its next request, so a response that streams for
+  minutes is never cut. The cost is a dict entry per request head, swept by
+  one task per server (:class:`_HeadClock`), and nothing per chunk written.
 * **Malformed requests** are answered in the engine's JSON error shape with a
   fixed message (never the request's bytes), ``Connection: close`` and
   ``Server: sse-engine``, and logged at INFO, one line per
@@ -130,58 +130,94 @@ class _BadRequestLog:
             log.info("malformed request from %s answered %d (%s)", peer, status, what)
 
 
+class _HeadClock:
+    """The request heads being received on one server, and the sweep that bounds them.
+
+    A connection waiting for the rest of a head is in :attr:`since` with the
+    loop time its wait began; a task wakes every ``tick`` (at most a second, a
+    quarter of the timeout) and closes those that waited ``header_timeout``.
+    One dict entry per head instead of a timer: asyncio keeps timers in a heap
+    of Python objects, and a timer armed and cancelled per request cost the
+    request path more than the rest of this module (benchmarks/NOTES.md). A
+    connection is closed between ``header_timeout`` and ``header_timeout +
+    tick`` after its wait began.
+    """
+
+    __slots__ = ("_task", "header_timeout", "since", "tick")
+
+    def __init__(self, header_timeout: float) -> None:
+        self.header_timeout = header_timeout
+        self.tick = min(1.0, header_timeout / 4)
+        self.since: dict[_RequestHandler, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, handler: _RequestHandler) -> None:
+        loop = asyncio.get_running_loop()
+        self.since[handler] = loop.time()
+        if self._task is None:
+            self._task = loop.create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.since:
+                await asyncio.sleep(self.tick)
+                late = loop.time() - self.header_timeout
+                for handler, since in list(self.since.items()):
+                    if since <= late:
+                        del self.since[handler]
+                        handler._head_timed_out()
+        finally:
+            self._task = None
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self.since.clear()
+
+
 class _RequestHandler(web.RequestHandler):
     """aiohttp's protocol with a request-head deadline and quiet, JSON protocol errors."""
 
-    __slots__ = ("_bad_requests", "_head_timer", "_header_timeout")
+    __slots__ = ("_bad_requests", "_heads")
 
     def __init__(
         self,
         manager: web.Server,
         *,
-        header_timeout: float,
+        heads: _HeadClock,
         bad_requests: _BadRequestLog,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
-        self._header_timeout = header_timeout
+        self._heads = heads
         self._bad_requests = bad_requests
-        self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         # From the first moment: a connection that never sends a byte is the
         # cheapest slowloris of all.
-        self._arm_head_timer()
+        self._heads.start(self)
 
     def data_received(self, data: bytes) -> None:
-        # Two attribute tests per read; nothing on the write path.
-        if self._head_timer is None and data:
+        # A dict lookup or two per read; nothing on the write path.
+        since = self._heads.since
+        if data and self not in since:
             waiter = self._waiter  # private aiohttp API
             if waiter is not None and not waiter.done():
                 # The first bytes of a new head on an idle kept-alive connection.
-                self._arm_head_timer()
+                self._heads.start(self)
         super().data_received(data)
-        if self._head_timer is not None and self._messages:  # private aiohttp API
+        if self._messages:  # private aiohttp API
             # A complete head was parsed (or a parse error queued): the body
-            # and the handler are not this timer's business.
-            self._head_timer.cancel()
-            self._head_timer = None
+            # and the handler are not this clock's business.
+            since.pop(self, None)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+        self._heads.since.pop(self, None)
         super().connection_lost(exc)
 
-    def _arm_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._head_timer = loop.call_later(self._header_timeout, self._head_timed_out)
-
     def _head_timed_out(self) -> None:
-        self._head_timer = None
         waiter = self._waiter  # private aiohttp API
         if waiter is None or waiter.done() or self._messages:  # private aiohttp API
             # A request is queued or being answered: its head arrived in time.
@@ -189,7 +225,7 @@ class _RequestHandler(web.RequestHandler):
         log.debug(
             "closing connection from %s: no complete request head within %g s",
             self.peername,
-            self._header_timeout,
+            self._heads.header_timeout,
         )
         self.force_close()
 
@@ -254,17 +290,21 @@ class _Server(web.Server):
         # Our own copies of what Server keeps privately for its __call__.
         self._handler_loop = asyncio.get_running_loop()
         self._handler_kwargs = kwargs
-        self._header_timeout = header_timeout
+        self._heads = _HeadClock(header_timeout)
         self._bad_requests = _BadRequestLog()
 
     def __call__(self) -> web.RequestHandler:
         return _RequestHandler(
             self,
             loop=self._handler_loop,
-            header_timeout=self._header_timeout,
+            heads=self._heads,
             bad_requests=self._bad_requests,
             **self._handler_kwargs,
         )
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - aiohttp's signature
+        self._heads.close()
+        await super().shutdown(timeout)
 
 
 class GatewayRunner(web.AppRunner):
