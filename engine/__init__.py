@@ -22,7 +22,7 @@ from .wire import Chunk, Message, Reply, Usage
 if TYPE_CHECKING:
     from .app import create_app
     from .gateway import Engine
-    from .stream import EventStream
+    from .streams import EventStream
 
 __all__ = [
     "Chunk",
@@ -37,7 +37,7 @@ __all__ = [
     "create_app",
 ]
 
-_LAZY = {"create_app": ".app", "Engine": ".gateway", "EventStream": ".stream"}
+_LAZY = {"create_app": ".app", "Engine": ".gateway", "EventStream": ".streams"}
 
 
 def __getattr__(name: str) -> Any:

@@ -23,12 +23,12 @@ from aiohttp import web
 from .config import Config
 from .errors import EngineError
 from .providers import Provider, create_provider, resolve
-from .stream import EventStream, StreamSupervisor
+from .streams import EventStream, StreamSupervisor
 
 if TYPE_CHECKING:
     from .memory import MemoryStore
 
-__all__ = ["Engine"]
+__all__ = ["ENGINE", "Engine"]
 
 
 class Engine:
@@ -189,3 +189,8 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+#: The application's :class:`Engine`, for handlers of an app that mounts ours
+#: (``request.app[ENGINE]``; ``engine.app`` re-exports it).
+ENGINE = web.AppKey("engine", Engine)

@@ -494,7 +494,7 @@ async def test_a_body_that_trickles_in_is_refused_after_the_header_timeout(aioht
 
 async def test_a_huge_streamed_reply_is_stored_truncated_not_held_whole(aiohttp_client):
     """1,000,000 x 65,536 characters with memory attached once meant holding all of it."""
-    from engine.app import MAX_STORED_REPLY_CHARS
+    from engine.streams.relay import MAX_STORED_REPLY_CHARS
 
     app = create_app(make_config())
     client = await aiohttp_client(app)

@@ -381,7 +381,7 @@ async def test_an_idle_stream_whose_reader_froze_is_dropped_by_its_heartbeats(
     """Heartbeats are written in place by the supervisor; when they pile up
     unread, the bounded drain wait (send_timeout) still drops the client."""
     # Not the kernel's TCP_USER_TIMEOUT (which would drop it too): the drain wait.
-    monkeypatch.setattr("engine.stream._limit_unacked", lambda transport, seconds: None)
+    monkeypatch.setattr("engine.streams.response._limit_unacked", lambda transport, seconds: None)
     engine = Engine(make_config(heartbeat=0.002, send_timeout=0.3))
     ended: list[str] = []
 

@@ -1,0 +1,113 @@
+"""The native chat routes and the health probe.
+
+::
+
+    POST /v1/chat/stream     JSON ChatRequest  -> text/event-stream
+    GET  /v1/chat/stream     ?q=&provider=&model=&parent=&parent_id=&<options>  (EventSource)
+    POST /v1/chat            JSON ChatRequest  -> JSON Reply
+    GET  /healthz            {"status": "ok", "streams": N}
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from ..dialects.native import NativeFraming, chat_request_from_query
+from ..gateway import ENGINE, Engine
+from ..memory.history import ChatMemory, attach
+from ..middleware import SERVER_HEADER, expect_handler
+from ..providers import ChunkStream, Provider
+from ..streams import EventStream
+from ..streams.relay import open_upstream, relay
+from ..wire import ChatRequest, Message, Options, Reply
+from ._io import json_response, read_json
+
+__all__ = ["attach_memory", "routes", "send_reply"]
+
+routes = web.RouteTableDef()
+
+
+async def attach_memory(
+    engine: Engine, body: ChatRequest
+) -> tuple[ChatMemory | None, list[Message]]:
+    """The request's memory, if it names a conversation, and the messages for upstream."""
+    store = await engine.open_memory() if body.session is not None else None
+    return await attach(store, engine.config, body)
+
+
+@routes.post("/v1/chat/stream", expect_handler=expect_handler)
+async def chat_stream_post(request: web.Request) -> web.StreamResponse:
+    opened = await _open_stream(request, await read_json(request, ChatRequest))
+    return opened if isinstance(opened, web.StreamResponse) else await relay(*opened)
+
+
+@routes.get("/v1/chat/stream")
+async def chat_stream_get(request: web.Request) -> web.StreamResponse:
+    opened = await _open_stream(request, chat_request_from_query(request.query))
+    return opened if isinstance(opened, web.StreamResponse) else await relay(*opened)
+
+
+async def _open_stream(
+    request: web.Request, body: ChatRequest
+) -> tuple[EventStream, ChunkStream, NativeFraming, ChatMemory | None, str] | web.StreamResponse:
+    """Everything before the first byte of a native stream: memory, the upstream
+    request (a refusal is still a JSON error, see ``open_upstream``), the
+    framing. Returns ``relay``'s arguments, so the handler awaits ``relay``
+    itself and an open stream holds one coroutine frame less (and none of the
+    request's messages); or the finished response, when the upstream refused
+    after the header deadline."""
+    engine = request.app[ENGINE]
+    provider = engine.provider(body.provider)
+    memory, messages = await attach_memory(engine, body)
+    stream = engine.sse(request, Server=SERVER_HEADER)
+    chunks = await open_upstream(
+        stream,
+        provider.open(messages, model=body.model, options=body.options),
+        request=request,
+        supervisor=engine.supervisor,
+        deadline=engine.config.header_deadline,
+    )
+    del messages
+    if chunks is None:
+        return stream.response or web.Response(status=499)
+    sid = uuid.uuid4().hex
+    return stream, chunks, NativeFraming(sid, provider.name, chunks.model), memory, sid
+
+
+async def send_reply(
+    request: web.Request,
+    provider: Provider,
+    messages: list[Message],
+    memory: ChatMemory | None,
+    *,
+    model: str | None,
+    options: Options,
+) -> Reply:
+    """The whole reply, not streamed; stored with the request when memory is attached."""
+    # The client may leave while the reply is computed: stop the upstream then too.
+    async with request.app[ENGINE].supervisor.watch(request):
+        reply = await provider.send(messages, model=model, options=options)
+    if memory is not None:
+        await memory.store_request()
+        await memory.store_reply(reply.content)
+    return reply
+
+
+@routes.post("/v1/chat", expect_handler=expect_handler)
+async def chat_send(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    body = await read_json(request, ChatRequest)
+    provider = engine.provider(body.provider)
+    memory, messages = await attach_memory(engine, body)
+    reply = await send_reply(
+        request, provider, messages, memory, model=body.model, options=body.options
+    )
+    return json_response(reply)
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE]
+    return json_response({"status": "ok", "streams": len(engine.supervisor)})

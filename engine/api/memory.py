@@ -1,0 +1,77 @@
+"""The memory routes: read, add to and clear one conversation.
+
+::
+
+    GET    /v1/memory/{parent}/{id}            ?limit=N -> the messages, oldest first
+    POST   /v1/memory/{parent}/{id}/messages   add one (201)
+    DELETE /v1/memory/{parent}/{id}            clear: {"deleted": N}
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+from aiohttp import web
+
+from ..errors import InvalidFields
+from ..gateway import ENGINE
+from ..memory import Conversation
+from ..middleware import expect_handler
+from ._io import json_response, read_json
+
+__all__ = ["NewMessage", "routes"]
+
+routes = web.RouteTableDef()
+
+
+class NewMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of ``POST /v1/memory/{parent}/{id}/messages``."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+    type: Literal["text", "image", "audio"] = "text"
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    message_id: str | None = None
+
+
+async def _conversation(request: web.Request) -> Conversation:
+    store = await request.app[ENGINE].open_memory()
+    return store.for_parent(request.match_info["parent"], request.match_info["id"])
+
+
+@routes.get("/v1/memory/{parent}/{id}")
+async def memory_get(request: web.Request) -> web.Response:
+    limit = request.query.get("limit")
+    try:
+        n = None if limit is None else int(limit)
+    except ValueError:
+        n = -1
+    if n is not None and n < 0:
+        raise InvalidFields("`limit` must be a non-negative integer")
+    conversation = await _conversation(request)
+    messages = await conversation.get_messages(limit=n)
+    return json_response(
+        {
+            "parent": request.match_info["parent"],
+            "id": request.match_info["id"],
+            "messages": messages,
+        }
+    )
+
+
+@routes.post("/v1/memory/{parent}/{id}/messages", expect_handler=expect_handler)
+async def memory_post(request: web.Request) -> web.Response:
+    body = await read_json(request, NewMessage)
+    conversation = await _conversation(request)
+    stored = await conversation.add_message(
+        body.role, body.content, type=body.type, metadata=body.metadata, message_id=body.message_id
+    )
+    return json_response(stored, status=201)
+
+
+@routes.delete("/v1/memory/{parent}/{id}")
+async def memory_delete(request: web.Request) -> web.Response:
+    conversation = await _conversation(request)
+    removed = await conversation.clear()
+    return json_response({"deleted": removed})

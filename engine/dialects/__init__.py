@@ -1,0 +1,31 @@
+"""The wire formats the gateway speaks, one module each, free of aiohttp.
+
+A dialect translates its requests onto :mod:`engine.wire`, frames a stream's
+start, chunks, finish and error, and renders an error before the headers as
+an :class:`ErrorAnswer` (status, JSON body, headers), which the error
+middleware turns into the response: errors are mapped once, in the shape the
+route's clients parse.
+
+* :mod:`.native`: ``/v1/chat/stream`` and the other native routes;
+* :mod:`.openai_chat`: OpenAI Chat Completions.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+__all__ = ["ErrorAnswer", "retry_after_seconds"]
+
+
+class ErrorAnswer(NamedTuple):
+    """An error response before the headers: status, JSON body, extra headers."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str] | None = None
+
+
+def retry_after_seconds(retry_after: float) -> str:
+    """``Retry-After`` is whole seconds (RFC 9110 10.2.3): rounded up, never 0."""
+    return str(max(1, math.ceil(retry_after)))

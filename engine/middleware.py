@@ -1,0 +1,156 @@
+"""Errors mapped to HTTP once, in the route's dialect; the Host check; ``Expect``.
+
+:func:`error_middleware` turns an :class:`~engine.errors.EngineError` raised
+before the response headers went out into the JSON body of the route's
+dialect (native by default; a route registers another with
+:func:`error_dialect`), its message redacted of provider keys
+(:meth:`Engine.scrub`). Once a stream has begun,
+:class:`~engine.streams.EventStream` sends the same fields as an event, in the
+dialect's ``error_frame``. aiohttp's own HTTP errors (404, 405) answer in the
+native shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from .dialects import ErrorAnswer, native
+from .errors import (
+    EngineError,
+    ExpectationFailed,
+    HostNotAllowed,
+    PayloadTooLarge,
+)
+from .gateway import ENGINE
+from .hosts import HostCheck
+
+__all__ = [
+    "SERVER_HEADER",
+    "error_dialect",
+    "error_middleware",
+    "expect_handler",
+    "guarded",
+    "render_error",
+]
+
+log = logging.getLogger("engine.app")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: How a route family answers an error before its headers went out.
+ErrorRenderer = Callable[[EngineError], ErrorAnswer]
+_RENDERERS: dict[Callable[..., Any], ErrorRenderer] = {}
+
+#: The ``Server`` header of every response of ours: the product, not its version
+#: nor aiohttp's and Python's (aiohttp's default, which only helps an attacker
+#: pick an exploit). Set on each response rather than from ``on_response_prepare``:
+#: a signal handler costs every request a coroutine.
+SERVER_HEADER = "sse-engine"
+
+_HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+def error_dialect(render: ErrorRenderer) -> Callable[[Handler], Handler]:
+    """Decorate a handler so its errors are answered with ``render`` (the route's dialect)."""
+
+    def register(handler: Handler) -> Handler:
+        _RENDERERS[handler] = render
+        return handler
+
+    return register
+
+
+def render_error(request: web.BaseRequest, exc: EngineError) -> web.Response:
+    """``exc`` as a response in the dialect of the route ``request`` matched."""
+    match_info = getattr(request, "match_info", None)
+    handler = getattr(match_info, "handler", None)
+    render = _RENDERERS.get(handler, native.error_answer) if handler else native.error_answer
+    answer = render(exc)
+    response = web.Response(
+        body=answer.body,
+        status=answer.status,
+        content_type="application/json",
+        headers=answer.headers,
+    )
+    response.headers["Server"] = SERVER_HEADER
+    return response
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Map every error raised before the response started to a JSON body, once."""
+    try:
+        return await handler(request)
+    except EngineError as exc:
+        engine = request.app.get(ENGINE)
+        if engine is not None:
+            exc = engine.scrub(exc)
+        if exc.status >= 500:
+            log.warning("%s %s: %s (%s)", request.method, request.path, exc.message, exc.type)
+        return render_error(request, exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        error = EngineError(exc.reason)
+        error.status, error.type = exc.status, _HTTP_TYPES.get(exc.status, "http_error")
+        response = render_error(request, error)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except ConnectionResetError:
+        # The client left before we answered: nobody to tell, nothing to log.
+        return web.Response(status=499)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return render_error(request, EngineError("internal error"))
+
+
+def guarded(check: HostCheck) -> Any:
+    """:func:`error_middleware` that first refuses a ``Host`` the gateway does not serve.
+
+    One middleware rather than two: a layer costs every request a call, and
+    the refusal must be rendered in the route's dialect anyway.
+    """
+
+    @web.middleware
+    async def guarded_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get("Host")
+        if not check.allows(host):
+            return render_error(
+                request,
+                HostNotAllowed(
+                    f"this gateway does not answer for the host {host!r}; "
+                    "add it to allowed_hosts (--allowed-hosts) if it should"
+                ),
+            )
+        return await error_middleware(request, handler)
+
+    return guarded_middleware
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: refuse a body that is announced too large *before* inviting it.
+
+    aiohttp's default handler sends ``100 Continue`` to any such request, so a
+    client would upload a body the gateway then refuses with 413 (RFC 9110
+    10.1.1 lets a server answer the final status instead). This runs before
+    the middlewares, so it renders its errors itself.
+    """
+    expect = request.headers.get("Expect", "")
+    try:
+        if expect.lower() != "100-continue":
+            raise ExpectationFailed(f"unsupported Expect: {expect[:100]!r}")
+        limit = request.app[ENGINE].config.max_body_size
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+    except EngineError as exc:
+        response = render_error(request, exc)
+        response.force_close()  # the body may follow anyway: do not read it as a request
+        return response
+    if request.version >= (1, 1):
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the response proper has not started (as aiohttp does)
+    return None

@@ -1,0 +1,228 @@
+"""Relaying a provider's reply to one stream: :func:`open_upstream`, then :func:`relay`.
+
+The handler task runs both: it opens the upstream request (sending the headers
+early if the upstream is slow to answer), then for each chunk accounts it,
+frames it in the endpoint's dialect and sends it (:class:`Coalescer` decides
+when a write happens). Memory, when attached, gets the request before any
+reply and the reply once, whole, before the final event; a stream that ends
+early stores what its client was sent, marked partial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import web
+
+from ..errors import ClientDisconnectedError, ShuttingDown, StoreUnavailable
+from ..wire import Chunk, Usage
+from .coalesce import Coalescer
+
+if TYPE_CHECKING:
+    from ..providers import ChunkStream
+    from .response import EventStream
+    from .supervisor import StreamSupervisor
+
+__all__ = ["MAX_STORED_REPLY_CHARS", "Framing", "ReplyMemory", "open_upstream", "relay"]
+
+log = logging.getLogger("engine.stream")
+
+#: Characters of a streamed reply kept for memory; the rest is streamed but not
+#: stored, and the stored message says ``"truncated": true``. The largest real
+#: outputs (128k tokens) are about 512 KiB of text; the mock streams up to
+#: 64 GB, which a conversation must not try to hold.
+MAX_STORED_REPLY_CHARS = 4 * 1024 * 1024
+
+
+class Framing(Protocol):
+    """One endpoint's wire format for a stream (engine.dialects)."""
+
+    def start(self) -> bytes:
+        """The first frame, sent before any chunk."""
+        ...
+
+    def chunk(self, chunk: Chunk, n: int) -> bytes | None:
+        """Chunk ``n``'s frame, or ``None`` to send nothing for it."""
+        ...
+
+    def finish(self, finish_reason: str | None, usage: Usage | None, n: int) -> bytes:
+        """The frames that end a complete reply of ``n`` chunks."""
+        ...
+
+
+class ReplyMemory(Protocol):
+    """Where a relayed conversation is stored (engine.memory.history.ChatMemory)."""
+
+    async def store_request(self) -> None: ...
+
+    async def store_reply(self, text: str, metadata: dict[str, Any]) -> None: ...
+
+
+async def open_upstream(
+    stream: EventStream,
+    opening: Awaitable[ChunkStream],
+    *,
+    request: web.BaseRequest,
+    supervisor: StreamSupervisor,
+    deadline: float,
+) -> ChunkStream | None:
+    """Await ``opening`` (a provider's ``open()``), sending the headers after ``deadline`` s.
+
+    An upstream that answers within ``deadline`` seconds (the usual case) is
+    answered as before: its refusal is still a JSON error with a real status.
+    One that is still thinking gets the response headers sent, and with them
+    heartbeats, so no proxy cuts a silent connection (USERS-ASK 2); a refusal
+    after that is an ``error`` event on the stream, which is then finished, and
+    ``None`` is returned. A client that leaves meanwhile stops the upstream
+    request, also when the server does not cancel handlers (USERS-ASK 1), and a
+    server that is stopping makes none (503).
+
+    ``opening`` runs in this task, not in one of its own, and the deadline is
+    the supervisor's to watch (:class:`~engine.streams.supervisor.Opening`): a
+    task and a wait cost a stream 13 us, a timer 2 us, a supervisor entry well
+    under one (benchmarks/NOTES.md).
+    """
+    watch = supervisor.opening(request, stream, deadline)
+    try:
+        chunks = await opening
+    except BaseException as exc:
+        early = watch.early
+        if early is None:
+            if isinstance(exc, asyncio.CancelledError) and watch.interrupted is not None:
+                task = asyncio.current_task()
+                if task is not None and task.uncancel() == 0:
+                    if watch.interrupted == "shutdown":
+                        raise ShuttingDown("the server is shutting down") from None
+                    raise ClientDisconnectedError("the client left before the reply") from None
+            raise
+        if not early.done():
+            if isinstance(exc, asyncio.CancelledError):
+                early.cancel()
+                raise
+            await asyncio.wait((early,))  # the headers are on their way: finish them first
+        if stream.prepared and await stream.__aexit__(type(exc), exc, exc.__traceback__):
+            return None  # the error event was sent (or the client left)
+        raise
+    finally:
+        supervisor.unregister(watch)
+    if watch.early is not None:
+        try:
+            await watch.early  # the headers are out (or could not be sent) before any write
+        except BaseException:
+            await chunks.aclose()
+            raise
+    return chunks
+
+
+class _Reply:
+    """The text of the reply its client was sent, for memory, bounded."""
+
+    __slots__ = ("room", "seen")
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.room = MAX_STORED_REPLY_CHARS  # below 0: the rest is not kept
+
+    def keep(self, text: str) -> None:
+        if self.room >= 0:
+            self.room -= len(text)
+            if self.room >= 0:
+                self.seen.append(text)
+
+    @property
+    def truncated(self) -> bool:
+        return self.room < 0
+
+    def text_shown(self, unsent: int) -> str:
+        """The kept text less the last ``unsent`` frames (framed, never written)."""
+        seen = self.seen
+        if unsent and not self.truncated:
+            seen = seen[:-unsent]
+        return "".join(seen)
+
+
+async def relay(
+    stream: EventStream,
+    chunks: ChunkStream,
+    framing: Framing,
+    memory: ReplyMemory | None,
+    stream_id: str,
+) -> web.StreamResponse:
+    """Relay ``chunks`` to ``stream`` in ``framing``'s format, with memory around it.
+
+    ``framing.start()`` goes out first; the final frames go out once the whole
+    reply is stored, so the final event means it is saved. A failure or a
+    client that left stores the part that was written, marked partial.
+    """
+    reply = _Reply()
+    try:
+        async with chunks:
+            # Stored before the headers, so a store that is down is still a JSON
+            # 503; once the header deadline sent them, inside the stream (an
+            # error event). Either way the request is stored before any reply.
+            store_inside = memory is not None and stream.prepared
+            if memory is not None and not store_inside:
+                await memory.store_request()
+            async with stream:
+                if memory is not None and store_inside:
+                    await memory.store_request()
+                await stream.send_frame(framing.start())
+                policy = Coalescer(stream)
+                # Bound once: the loop below runs per chunk (benchmarks/NOTES.md).
+                fetch, frame, send = policy.next, framing.chunk, policy.add
+                n = 0
+                finish_reason = usage = None
+                while True:
+                    try:
+                        chunk = await fetch(chunks)
+                    except StopAsyncIteration:
+                        break
+                    except Exception:
+                        await stream.flush()  # what came before the failure goes out first
+                        raise
+                    # account
+                    n += 1
+                    if chunk.finish_reason is not None:
+                        finish_reason = chunk.finish_reason
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    # frame
+                    data = frame(chunk, n)
+                    if data is None:
+                        continue
+                    # send (now, or with the rest of its burst)
+                    wait = send(data)
+                    if memory is not None:
+                        reply.keep(chunk.content)
+                    if wait is not None:
+                        await wait
+                await stream.flush()
+                if memory is not None:
+                    metadata: dict[str, Any] = {"stream_id": stream_id}
+                    if reply.truncated:
+                        metadata["truncated"] = True
+                    await memory.store_reply("".join(reply.seen), metadata)
+                    memory = None
+                await stream.finish(framing.finish(finish_reason, usage, n))
+    finally:
+        # `memory` is None once the whole reply was stored.
+        if memory is not None and reply.seen:
+            await _store_partial(memory, reply, stream, stream_id)
+    return stream.response or web.Response(status=499)
+
+
+async def _store_partial(
+    memory: ReplyMemory, reply: _Reply, stream: EventStream, stream_id: str
+) -> None:
+    """Keep what the user saw of a reply that did not finish (USERS-ASK 5)."""
+    metadata: dict[str, Any] = {"partial": True, "reason": stream.end_reason}
+    metadata["stream_id"] = stream_id
+    if reply.truncated:
+        metadata["truncated"] = True
+    try:
+        await memory.store_reply(reply.text_shown(stream.queued), metadata)
+    except StoreUnavailable:
+        log.warning("could not store the partial reply of stream %s", stream_id)
