@@ -160,8 +160,13 @@ class _HeadClock:
     async def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while self.since:
+            # Sleep first: most heads complete within the read that began them,
+            # so the dict is usually empty again before the first tick, and a
+            # task that stays for one idle tick is not re-made per request.
+            while True:
                 await asyncio.sleep(self.tick)
+                if not self.since:
+                    break
                 late = loop.time() - self.header_timeout
                 for handler, since in list(self.since.items()):
                     if since <= late:
