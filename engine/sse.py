@@ -83,7 +83,7 @@ def encode(
     if event is not None:
         parts.append(b"event: " + _check_field("event", event, _FORBIDDEN_IN_ID) + b"\n")
     if retry is not None:
-        parts.append(encode_retry(retry)[:-1])
+        parts.append(encode_retry(retry))
     if data is not None:
         parts.append(_data_lines(data))
     parts.append(b"\n")
@@ -131,17 +131,29 @@ def encode_json_numbered(obj: Any, prefix: bytes, n: int) -> bytes:
 
 
 def encode_comment(text: str = "") -> bytes:
-    """Frame a comment (clients ignore it; proxies see traffic). One per line of ``text``."""
+    """Frame a comment (clients ignore it; proxies see traffic). One per line of ``text``.
+
+    No blank line follows: per the WHATWG rules a blank line after a comment
+    dispatches nothing, but SSE clients that are not browsers (httpx-sse,
+    @microsoft/fetch-event-source) deliver it as a message with empty data, on
+    which ``JSON.parse`` throws (USERS-ASK 16). The comment becomes part of the
+    next event's block, where it is ignored.
+    """
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return b"".join(b": " + line.encode() + b"\n" for line in text.split("\n")) + b"\n"
+    return b"".join(b": " + line.encode() + b"\n" for line in text.split("\n"))
 
 
 def encode_retry(ms: int) -> bytes:
-    """Frame a ``retry:`` field telling the client how long to wait before reconnecting."""
+    """Frame a ``retry:`` field telling the client how long to wait before reconnecting.
+
+    A field line without a blank line, so it travels in the next event's block
+    (a browser applies it when it reads the line; a lone ``retry:`` block is an
+    empty message to httpx-sse and fetch-event-source).
+    """
     if isinstance(ms, bool) or not isinstance(ms, int) or ms < 0:
         raise ValueError(f"SSE retry must be a non-negative integer, got {ms!r}")
-    return b"retry: %d\n\n" % ms
+    return b"retry: %d\n" % ms
 
 
 class ServerSentEvent(msgspec.Struct, frozen=True, gc=False):

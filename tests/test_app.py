@@ -30,7 +30,7 @@ async def test_post_stream_is_the_documented_format(client):
         assert resp.headers["Cache-Control"] == "no-cache"
         assert resp.headers["X-Accel-Buffering"] == "no"
         raw = await resp.read()
-    assert raw.startswith(b"retry: 3000\n\n")
+    assert raw.startswith(b"retry: 3000\nid: ")  # retry travels in the start event's block
 
     from engine.sse import Decoder
 

@@ -340,7 +340,7 @@ async def test_heartbeats_and_framing_suit_the_sdk_decoder(gateway):
         assert resp.headers["Content-Type"] == "text/event-stream; charset=utf-8"
         raw = b""
         # The provider waits on the gate: only the role chunk and comments can come.
-        while raw.count(b": keepalive\n\n") < 2:
+        while raw.count(b": keepalive\n") < 2:
             raw += await resp.content.readany()
         gate.set()
         raw += await resp.read()

@@ -457,11 +457,13 @@ def test_encode_allows_colons_and_spaces_in_id_and_event() -> None:
 
 
 def test_encode_retry() -> None:
-    assert encode_retry(0) == b"retry: 0\n\n"
-    assert encode_retry(3000) == b"retry: 3000\n\n"
+    # A field line, no blank line: it joins the next event's block.
+    assert encode_retry(0) == b"retry: 0\n"
+    assert encode_retry(3000) == b"retry: 3000\n"
     decoder = Decoder()
     assert decoder.feed(encode_retry(3000)) == []
     assert decoder.retry == 3000
+    assert decoder.feed(encode("x", id="1")) == [ev("x", id="1", retry=3000)]
 
 
 @pytest.mark.parametrize("bad", [-1, True, False, 1.5, 1.0, "10", None, b"1"])
@@ -474,9 +476,31 @@ def test_encode_retry_rejects_what_is_not_a_non_negative_int(bad: object) -> Non
 
 
 def test_encode_comment() -> None:
-    assert encode_comment("keepalive") == b": keepalive\n\n"
-    assert encode_comment() == b": \n\n"
-    assert encode_comment("a\nb\r\nc\rd") == b": a\n: b\n: c\n: d\n\n"
+    # Comment lines, no blank line: nothing for any client to dispatch.
+    assert encode_comment("keepalive") == b": keepalive\n"
+    assert encode_comment() == b": \n"
+    assert encode_comment("a\nb\r\nc\rd") == b": a\n: b\n: c\n: d\n"
+
+
+def _blank_line_dispatches(stream: bytes) -> list[bytes]:
+    """The blocks a client that dispatches at every blank line delivers (fetch-event-source)."""
+    return [block for block in stream.split(b"\n\n")[:-1]]
+
+
+def test_heartbeats_and_retry_never_make_a_block_of_their_own() -> None:
+    stream = (
+        encode_retry(3000)
+        + encode_comment("keepalive")
+        + encode_json({"type": "start"}, event="start", id="s:0")
+        + encode_comment("keepalive")
+        + encode_comment("keepalive")
+        + encode_json({"n": 1}, id="s:1")
+    )
+    blocks = _blank_line_dispatches(stream)
+    assert len(blocks) == 2
+    assert all(b"\ndata: " in b"\n" + block for block in blocks)
+    events = Decoder().feed(stream)
+    assert [e.event for e in events] == ["start", "message"]
 
 
 def test_comments_dispatch_nothing() -> None:

@@ -36,7 +36,7 @@ async def test_heartbeat_covers_the_silence_before_the_first_token(aiohttp_clien
         assert resp.status == 200
         raw = b""
         # The provider has sent nothing yet: only keep-alive comments can arrive.
-        while raw.count(b": keepalive\n\n") < 2:
+        while raw.count(b": keepalive\n") < 2:
             raw += await resp.content.readany()
         assert b"data:" in raw  # the start event went out with the headers
         assert b'"content"' not in raw
@@ -68,7 +68,7 @@ async def test_client_disconnect_stops_the_producer(caplog, handler_cancellation
         async with aiohttp.ClientSession() as session:
             resp = await session.post(f"{url}/v1/chat/stream", json=BODY)
             assert resp.status == 200
-            await resp.content.readuntil(b"\n\n")  # retry
+            await resp.content.readuntil(b"\n\n")  # retry and the start event
             await provider.started.wait()
             resp.close()  # the client goes away while the upstream is silent
             await asyncio.wait_for(provider.closed.wait(), 1.5)
@@ -137,7 +137,7 @@ async def test_event_stream_api_in_a_user_handler(aiohttp_client):
     client = await aiohttp_client(app)
     async with client.get("/sse") as resp:
         raw = await resp.read()
-    assert b": still here\n\n" in raw
+    assert b": still here\n" in raw
     decoder = Decoder()
     events = decoder.feed(raw)
     assert [(e.event, e.data, e.id) for e in events] == [
