@@ -1,8 +1,10 @@
 """A/B two revisions of the gateway in one run: CPU per stream set-up and per chunk.
 
-    python -m benchmarks.ab OLD [NEW] [--rounds N]
+    python -m benchmarks.ab OLD [NEW] [--rounds N] [--old-flags "..."] [--new-flags "..."]
 
-``OLD`` and ``NEW`` are git revisions (``NEW`` defaults to the working tree).
+``OLD`` and ``NEW`` are git revisions (``NEW`` defaults to the working tree);
+the flags go to each side's ``serve`` (``--old-flags "--resume off"`` with
+the same revision on both sides measures a feature's cost).
 Each is exported (``git archive``) to a temporary folder and served by its own
 ``python -m engine serve`` pinned to CPU 0, both at once; the load and a fake
 OpenAI upstream (this tree's ``engine.testing``) run on CPU 1. Rounds alternate
@@ -151,11 +153,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("new", nargs="?", help="default: the working tree")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--old-flags", default="", help="extra `serve` flags for OLD")
+    parser.add_argument("--new-flags", default="", help="extra `serve` flags for NEW")
     args = parser.parse_args(argv)
     cases = [c.strip() for c in args.cases.split(",") if c.strip()]
     raise_nofile()
     os.sched_setaffinity(0, {LOADGEN_CPU})
-    labels = {"old": args.old, "new": args.new or "working tree"}
+    labels = {
+        "old": f"{args.old} {args.old_flags}".strip(),
+        "new": f"{args.new or 'working tree'} {args.new_flags}".strip(),
+    }
+    flags = {"old": args.old_flags.split(), "new": args.new_flags.split()}
     python = sys.executable
     with contextlib.ExitStack() as stack:
         fake, fake_port = _start(
@@ -177,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 "OPENAI_API_KEY": "x",
             }
             command = [python, "-m", "engine", "serve", "--port", "0"]
-            command += ["--memory", "memory://", "--log-level", "warning"]
+            command += ["--memory", "memory://", "--log-level", "warning", *flags[side]]
             proc, port = _start(command, SERVER_CPU, tree, env)
             stack.callback(proc.kill)
             gateways[side] = (proc, port)

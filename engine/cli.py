@@ -67,6 +67,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-history", type=int, help="stored messages sent upstream per request (default 100)"
     )
+    serve.add_argument(
+        "--resume",
+        choices=["on", "off"],
+        help="keep native streams' events for resume by Last-Event-ID (default on)",
+    )
+    serve.add_argument(
+        "--resume-max-bytes", type=int, help="bytes of events kept per stream (default 1 MiB)"
+    )
+    serve.add_argument(
+        "--resume-ttl", type=float, help="seconds a finished stream stays resumable (default 600)"
+    )
     serve.add_argument("--memory", dest="memory_url", help="memory store URL (sqlite:///path, ...)")
     serve.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="default info"
@@ -126,6 +137,9 @@ def _load_config(args: argparse.Namespace) -> Config:
         header_deadline=args.header_deadline,
         allowed_hosts=args.allowed_hosts,
         max_history=args.max_history,
+        resume=None if args.resume is None else args.resume == "on",
+        resume_max_bytes=args.resume_max_bytes,
+        resume_ttl=args.resume_ttl,
         memory_url=args.memory_url,
         log_level=args.log_level,
     )

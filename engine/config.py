@@ -127,6 +127,14 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     #: any. An entry is a host name or address, without port; a leading dot
     #: (``.example.com``) also matches sub-domains.
     allowed_hosts: list[str] | None = None
+    #: Keep each native stream's events for resume by ``Last-Event-ID`` (``--resume off``: not).
+    resume: bool = True
+    #: Bytes of framed events kept per stream; past it the oldest go (a resume there is 410).
+    resume_max_bytes: Annotated[int, Meta(ge=1024)] = 1024 * 1024
+    #: Seconds a finished stream stays resumable.
+    resume_ttl: Annotated[float, Meta(ge=0)] = 600.0
+    #: Bytes of all streams' logs together; past it finished streams go first, oldest first.
+    resume_total_bytes: Annotated[int, Meta(ge=1024)] = 256 * 1024 * 1024
     #: Stored messages sent upstream when a request does not set ``max_history``.
     max_history: Annotated[int, Meta(ge=0, le=MAX_HISTORY_LIMIT)] = 100
     #: Characters of stored history sent upstream at most (oldest dropped first).

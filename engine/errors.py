@@ -12,7 +12,10 @@ Tree::
     ├── BadRequest                   400 bad_request
     │   └── UnknownProvider          400 unknown_provider
     ├── NotFound                     404 not_found
+    │   └── StreamNotFound           404 stream_not_found
     ├── RequestTimeout               408 request_timeout
+    ├── ResumeGap                    410 resume_gap
+    ├── StreamInterrupted            499 interrupted       (only ever an event)
     ├── PayloadTooLarge              413 payload_too_large
     ├── ExpectationFailed            417 expectation_failed
     ├── HostNotAllowed               421 host_not_allowed
@@ -51,6 +54,9 @@ __all__ = [
     "PayloadTooLarge",
     "ProviderNotConfigured",
     "RequestTimeout",
+    "ResumeGap",
+    "StreamInterrupted",
+    "StreamNotFound",
     "SSEProtocolError",
     "ShuttingDown",
     "StoreUnavailable",
@@ -106,6 +112,30 @@ class NotFound(EngineError):
 
     status = 404
     type = "not_found"
+
+
+class StreamNotFound(NotFound):
+    """Raised when a resume or Stop names a stream the gateway does not hold (or no longer)."""
+
+    type = "stream_not_found"
+
+
+class ResumeGap(EngineError):
+    """Raised when a resume asks for events the bounded stream log no longer holds."""
+
+    status = 410
+    type = "resume_gap"
+
+
+class StreamInterrupted(EngineError):
+    """The final event of a stream whose generation was cancelled (its readers left).
+
+    Never raised to a client as a status: a resume of such a stream replays
+    what was produced and then this, as ``event: error``, so it knows why it ended.
+    """
+
+    status = 499
+    type = "interrupted"
 
 
 class RequestTimeout(EngineError):

@@ -24,6 +24,7 @@ from .config import Config
 from .errors import EngineError
 from .providers import Provider, create_provider, resolve
 from .streams import EventStream, StreamSupervisor
+from .streams.log import Registry
 
 if TYPE_CHECKING:
     from .memory import MemoryStore
@@ -48,6 +49,17 @@ class Engine:
         self._store: MemoryStore | None = None
         self._store_lock: asyncio.Lock | None = None
         self.supervisor = StreamSupervisor(self.config.heartbeat)
+        config = self.config
+        #: The logs of native streams, for resume (``None`` with ``resume = false``).
+        self.registry: Registry | None = (
+            Registry(
+                max_bytes=config.resume_max_bytes,
+                total_bytes=config.resume_total_bytes,
+                ttl=config.resume_ttl,
+            )
+            if config.resume
+            else None
+        )
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Engine:
@@ -168,6 +180,8 @@ class Engine:
     async def aclose(self) -> None:
         """Close providers, the supervisor, the store and (if ours) the HTTP session."""
         await self.supervisor.aclose()
+        if self.registry is not None:
+            await self.registry.aclose()
         providers, self._providers = list(self._providers.values()), {}
         for provider in providers:
             await provider.aclose()

@@ -1,12 +1,12 @@
-"""The routes, one ``RouteTableDef`` per subject: native chat, OpenAI, memory."""
+"""The routes, one ``RouteTableDef`` per subject: native chat, resume, OpenAI, memory."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from . import chat, memory, openai
+from . import chat, memory, openai, streams
 
 __all__ = ["ROUTES"]
 
 #: Every route table of the gateway, in the order ``create_app`` adds them.
-ROUTES: tuple[web.RouteTableDef, ...] = (chat.routes, openai.routes, memory.routes)
+ROUTES: tuple[web.RouteTableDef, ...] = (chat.routes, streams.routes, openai.routes, memory.routes)

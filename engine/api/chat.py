@@ -20,9 +20,11 @@ from ..memory.history import ChatMemory, attach
 from ..middleware import SERVER_HEADER, expect_handler
 from ..providers import ChunkStream, Provider
 from ..streams import EventStream
+from ..streams.log import StreamLog
 from ..streams.relay import open_upstream, relay
 from ..wire import ChatRequest, Message, Options, Reply
 from ._io import json_response, read_json
+from .streams import LAST_EVENT_ID, resume
 
 __all__ = ["attach_memory", "routes", "send_reply"]
 
@@ -39,19 +41,29 @@ async def attach_memory(
 
 @routes.post("/v1/chat/stream", expect_handler=expect_handler)
 async def chat_stream_post(request: web.Request) -> web.StreamResponse:
+    if LAST_EVENT_ID in request.headers:
+        # fetch-event-source re-POSTs the same body to reconnect: resume, never
+        # a second generation of the same prompt.
+        return await resume(request, None)
     opened = await _open_stream(request, await read_json(request, ChatRequest))
     return opened if isinstance(opened, web.StreamResponse) else await relay(*opened)
 
 
 @routes.get("/v1/chat/stream")
 async def chat_stream_get(request: web.Request) -> web.StreamResponse:
+    if LAST_EVENT_ID in request.headers:
+        # A browser's EventSource reconnects to the same URL with Last-Event-ID.
+        return await resume(request, None)
     opened = await _open_stream(request, chat_request_from_query(request.query))
     return opened if isinstance(opened, web.StreamResponse) else await relay(*opened)
 
 
 async def _open_stream(
     request: web.Request, body: ChatRequest
-) -> tuple[EventStream, ChunkStream, NativeFraming, ChatMemory | None, str] | web.StreamResponse:
+) -> (
+    tuple[EventStream, ChunkStream, NativeFraming, ChatMemory | None, str, StreamLog | None]
+    | web.StreamResponse
+):
     """Everything before the first byte of a native stream: memory, the upstream
     request (a refusal is still a JSON error, see ``open_upstream``), the
     framing. Returns ``relay``'s arguments, so the handler awaits ``relay``
@@ -73,7 +85,8 @@ async def _open_stream(
     if chunks is None:
         return stream.response or web.Response(status=499)
     sid = uuid.uuid4().hex
-    return stream, chunks, NativeFraming(sid, provider.name, chunks.model), memory, sid
+    log = engine.registry.open(sid) if engine.registry is not None else None
+    return stream, chunks, NativeFraming(sid, provider.name, chunks.model), memory, sid, log
 
 
 async def send_reply(

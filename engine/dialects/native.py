@@ -101,3 +101,8 @@ class NativeFraming:
     def finish(self, finish_reason: str | None, usage: Usage | None, n: int) -> bytes:
         done = DoneEvent(finish_reason=finish_reason, usage=usage)
         return encode_json(done, event="done", id=f"{self.stream_id}:{n + 1}")
+
+    def error(self, exc: EngineError, n: int) -> bytes:
+        """The ``error`` event that ends a stream after ``n`` chunks (id ``<stream_id>:<n+1>``)."""
+        body = ErrorEvent(message=exc.message, code=exc.status, type=exc.type)
+        return encode_json(body, event="error", id=f"{self.stream_id}:{n + 1}")

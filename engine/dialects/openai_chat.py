@@ -351,6 +351,9 @@ class OpenAIFraming:
         delta = Delta(content=chunk.content or None, tool_calls=chunk.tool_calls)
         return self.frame([ChunkChoice(delta=delta)])
 
+    def error(self, exc: EngineError, n: int) -> bytes:
+        return error_frame(exc)
+
     def finish(self, finish_reason: str | None, usage: Usage | None, n: int) -> bytes:
         # As OpenAI does: the finish reason in a chunk of its own, empty delta,
         # the usage chunk (empty choices) when asked for, then [DONE].

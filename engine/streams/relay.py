@@ -17,12 +17,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
-from ..errors import ClientDisconnectedError, ShuttingDown, StoreUnavailable
+from ..errors import (
+    ClientDisconnectedError,
+    EngineError,
+    ShuttingDown,
+    StoreUnavailable,
+    StreamInterrupted,
+)
 from ..wire import Chunk, Usage
 from .coalesce import Coalescer
 
 if TYPE_CHECKING:
     from ..providers import ChunkStream
+    from .log import StreamLog
     from .response import EventStream
     from .supervisor import StreamSupervisor
 
@@ -50,6 +57,10 @@ class Framing(Protocol):
 
     def finish(self, finish_reason: str | None, usage: Usage | None, n: int) -> bytes:
         """The frames that end a complete reply of ``n`` chunks."""
+        ...
+
+    def error(self, exc: EngineError, n: int) -> bytes:
+        """The frame that ends a stream that failed after ``n`` chunks."""
         ...
 
 
@@ -150,14 +161,21 @@ async def relay(
     framing: Framing,
     memory: ReplyMemory | None,
     stream_id: str,
+    log: StreamLog | None = None,
 ) -> web.StreamResponse:
     """Relay ``chunks`` to ``stream`` in ``framing``'s format, with memory around it.
 
     ``framing.start()`` goes out first; the final frames go out once the whole
     reply is stored, so the final event means it is saved. A failure or a
     client that left stores the part that was written, marked partial.
+
+    With a ``log`` (native streams, for resume), every frame also goes there,
+    the final ``done`` or ``error`` included; a stream cancelled before its
+    end (its client left, the server stopped) ends its log with an ``error``
+    event saying so, so a late resume learns why it ended.
     """
     reply = _Reply()
+    n = 0
     try:
         async with chunks:
             # Stored before the headers, so a store that is down is still a JSON
@@ -167,47 +185,73 @@ async def relay(
             if memory is not None and not store_inside:
                 await memory.store_request()
             async with stream:
-                if memory is not None and store_inside:
-                    await memory.store_request()
-                await stream.send_frame(framing.start())
-                policy = Coalescer(stream)
-                # Bound once: the loop below runs per chunk (benchmarks/NOTES.md).
-                fetch, frame, send = policy.next, framing.chunk, policy.add
-                n = 0
-                finish_reason = usage = None
-                while True:
-                    try:
-                        chunk = await fetch(chunks)
-                    except StopAsyncIteration:
-                        break
-                    except Exception:
-                        await stream.flush()  # what came before the failure goes out first
-                        raise
-                    # account
-                    n += 1
-                    if chunk.finish_reason is not None:
-                        finish_reason = chunk.finish_reason
-                    if chunk.usage is not None:
-                        usage = chunk.usage
-                    # frame
-                    data = frame(chunk, n)
-                    if data is None:
-                        continue
-                    # send (now, or with the rest of its burst)
-                    wait = send(data)
+                try:
+                    if memory is not None and store_inside:
+                        await memory.store_request()
+                    start = framing.start()
+                    if log is not None:
+                        log.append(start)
+                    await stream.send_frame(start)
+                    del start  # an idle stream holds no more than it needs
+                    policy = Coalescer(stream)
+                    # Bound once: the loop below runs per chunk (benchmarks/NOTES.md).
+                    fetch, frame, send = policy.next, framing.chunk, policy.add
+                    keep = log.append if log is not None else None
+                    finish_reason = usage = None
+                    while True:
+                        try:
+                            chunk = await fetch(chunks)
+                        except StopAsyncIteration:
+                            break
+                        except Exception:
+                            await stream.flush()  # what came before the failure goes out first
+                            raise
+                        # account
+                        n += 1
+                        if chunk.finish_reason is not None:
+                            finish_reason = chunk.finish_reason
+                        if chunk.usage is not None:
+                            usage = chunk.usage
+                        # frame
+                        data = frame(chunk, n)
+                        if data is None:
+                            continue
+                        # send (now, or with the rest of its burst), and log
+                        wait = send(data)
+                        if keep is not None:
+                            keep(data)
+                        if memory is not None:
+                            reply.keep(chunk.content)
+                        if wait is not None:
+                            await wait
+                    await stream.flush()
                     if memory is not None:
-                        reply.keep(chunk.content)
-                    if wait is not None:
-                        await wait
-                await stream.flush()
-                if memory is not None:
-                    metadata: dict[str, Any] = {"stream_id": stream_id}
-                    if reply.truncated:
-                        metadata["truncated"] = True
-                    await memory.store_reply("".join(reply.seen), metadata)
-                    memory = None
-                await stream.finish(framing.finish(finish_reason, usage, n))
+                        metadata: dict[str, Any] = {"stream_id": stream_id}
+                        if reply.truncated:
+                            metadata["truncated"] = True
+                        await memory.store_reply("".join(reply.seen), metadata)
+                        memory = None
+                    last = framing.finish(finish_reason, usage, n)
+                    if log is not None:
+                        log.end(last)
+                    await stream.finish(last)
+                except EngineError as exc:
+                    if log is None:
+                        raise  # the stream sends it, in its dialect's error frame
+                    # Sent and logged alike, with its id: a resume replays it.
+                    last = framing.error(stream.scrub(exc), n)
+                    log.end(last)
+                    await stream.finish(last)
     finally:
+        if log is not None and not log.ended:
+            # Cancelled (or failed in a way the stream reports as internal).
+            if stream.interrupted == "shutdown":
+                reason: EngineError = ShuttingDown("the server stopped before the stream ended")
+            elif stream.interrupted == "disconnect" or stream.end_reason == "client_disconnected":
+                reason = StreamInterrupted("the stream's client left before it ended")
+            else:
+                reason = EngineError("internal error")
+            log.end(framing.error(reason, n))
         # `memory` is None once the whole reply was stored.
         if memory is not None and reply.seen:
             await _store_partial(memory, reply, stream, stream_id)

@@ -259,6 +259,15 @@ class EventStream:
         finally:
             self._close()
 
+    def scrub(self, exc: EngineError) -> EngineError:
+        """``exc`` redacted for a client (provider keys), as the stream's own error event is."""
+        return self._scrub(exc) if self._scrub is not None else exc
+
+    @property
+    def interrupted(self) -> str | None:
+        """Why the supervisor cancelled the stream's task: ``disconnect``, ``shutdown`` or None."""
+        return self._interrupted
+
     async def _final_error(self, exc: EngineError) -> None:
         if self._scrub is not None:
             exc = self._scrub(exc)
@@ -448,7 +457,8 @@ class EventStream:
         try:
             if not self._closed:
                 await self.flush()
-                await self._write(frame)
+                if frame:  # (an empty HTTP chunk would end the body early)
+                    await self._write(frame)
                 await self._response.write_eof()
         except ConnectionResetError:
             pass

@@ -1,0 +1,125 @@
+"""Resuming a native stream: ``GET /v1/streams/{stream_id}``, and ``Last-Event-ID`` anywhere.
+
+::
+
+    GET /v1/streams/{stream_id}     Last-Event-ID: <stream_id>:<n>  (or ?last_event_id=)
+        200 text/event-stream: the events after n, byte for byte as first sent
+            (same ids), then the live rest, then the end; without a
+            Last-Event-ID, the whole stream from its start
+        204 when n is already the final event (EventSource stops reconnecting)
+        404 stream_not_found: unknown or expired
+        410 resume_gap: the bounded log no longer holds event n+1 (the message
+            names the earliest id still held)
+        400 a malformed Last-Event-ID, one of another stream, or past what was sent
+
+A ``GET`` or ``POST /v1/chat/stream`` carrying ``Last-Event-ID`` resumes the
+same way (what EventSource and fetch-event-source do when they reconnect)
+and never starts a second generation. Several readers may follow one stream
+at once, each from its own position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from aiohttp import web
+
+from ..errors import BadRequest, ResumeGap, StreamNotFound
+from ..gateway import ENGINE
+from ..middleware import SERVER_HEADER
+from ..streams.log import StreamLog
+
+__all__ = ["LAST_EVENT_ID", "resume", "routes"]
+
+routes = web.RouteTableDef()
+
+LAST_EVENT_ID = "Last-Event-ID"
+#: Longest Last-Event-ID read: a stream id and an event number, with room to spare.
+MAX_EVENT_ID = 200
+# Our ids: "<stream_id>:<n>", the stream id being letters, digits, - and _.
+_EVENT_ID = re.compile(r"([A-Za-z0-9_-]{1,128}):([0-9]{1,18})")
+_STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+def _last_event_id(request: web.Request) -> tuple[str, int] | None:
+    """The (stream id, n) the client saw last, or None. Raises BadRequest when malformed."""
+    value = request.headers.get(LAST_EVENT_ID)
+    if value is None:
+        value = request.query.get("last_event_id")
+    if value is None:
+        return None
+    if len(value) > MAX_EVENT_ID:
+        raise BadRequest(f"Last-Event-ID is longer than {MAX_EVENT_ID} characters")
+    match = _EVENT_ID.fullmatch(value)
+    if match is None:
+        raise BadRequest(
+            f"Last-Event-ID must be <stream_id>:<n>, an id this gateway sent, not {value[:64]!r}"
+        )
+    return match.group(1), int(match.group(2))
+
+
+@routes.get("/v1/streams/{stream_id}")
+async def stream_resume(request: web.Request) -> web.StreamResponse:
+    return await resume(request, request.match_info["stream_id"])
+
+
+async def resume(request: web.Request, stream_id: str | None) -> web.StreamResponse:
+    """Serve the events of a stream after the client's Last-Event-ID (see the module docstring).
+
+    ``stream_id`` is the one the URL names (``None`` on the chat URLs, where
+    the Last-Event-ID names it).
+    """
+    seen = _last_event_id(request)
+    if stream_id is None:
+        assert seen is not None  # the chat routes call this only with the header
+        stream_id = seen[0]
+    elif seen is not None and seen[0] != stream_id:
+        raise BadRequest(f"Last-Event-ID {seen[0]}:{seen[1]} is of another stream than {stream_id}")
+    engine = request.app[ENGINE]
+    registry = engine.registry
+    log = registry.get(stream_id) if registry is not None else None
+    if log is None:
+        why = "is unknown or expired" if registry is not None else "cannot be resumed (resume off)"
+        if not _STREAM_ID.fullmatch(stream_id):
+            stream_id = stream_id[:64]
+        raise StreamNotFound(f"the stream {stream_id!r} {why}")
+    after = -1 if seen is None else seen[1]
+    if after > log.next - 1:
+        raise BadRequest(
+            f"Last-Event-ID {stream_id}:{after} is past the last event sent "
+            f"({stream_id}:{log.next - 1})"
+        )
+    if log.final is not None and after >= log.final:
+        # Nothing after the final event: 204 is what makes an EventSource stop.
+        return web.Response(status=204, headers={"Server": SERVER_HEADER})
+    _check_held(log, after)
+    return await _follow(request, log, after)
+
+
+def _check_held(log: StreamLog, after: int) -> None:
+    if after + 1 < log.first:
+        raise ResumeGap(
+            f"the events after {log.stream_id}:{after} are no longer held; "
+            f"the earliest still held is {log.stream_id}:{log.first}"
+        )
+
+
+async def _follow(request: web.Request, log: StreamLog, after: int) -> web.StreamResponse:
+    """Replay what the log holds after ``after`` in one write, then follow it live to its end."""
+    stream = request.app[ENGINE].sse(request, Server=SERVER_HEADER)
+    async with stream:
+        position = after
+        while True:
+            _check_held(log, position)  # a reader slower than the log's bound: an error event
+            data = log.since(position)
+            if data:
+                position = log.next - 1
+                await stream.send_frame(data)
+            if log.final is not None and position >= log.final:
+                break
+            # Shielded: the future is shared by every reader of the stream, and a
+            # reader that leaves (its task cancelled) must not cancel it for the others.
+            await asyncio.shield(log.wait())
+        await stream.finish(b"")
+    return stream.response or web.Response(status=499)

@@ -1,0 +1,189 @@
+"""Every native stream's framed events, kept for resume: :class:`StreamLog` and :class:`Registry`.
+
+A stream's events have ids ``<stream_id>:<n>``: ``start`` is 0, chunks 1..N,
+the final ``done`` or ``error`` N+1. The log keeps event n's frame, the exact
+bytes first sent, at index n, so a resume is a byte copy of a slice, in one
+write (DESIGN.md). The relay appends each frame as it frames it (a list
+append and an addition per chunk); readers that follow a live stream
+(:meth:`StreamLog.wait`) are woken once per burst, and only while they exist.
+
+Bounds, so that no stream and no reader can make the gateway hold without end:
+
+* per stream, ``max_bytes`` (``--resume-max-bytes``): past it the oldest
+  frames go, a quarter of the bound at a time; a resume from before the
+  earliest frame held is refused (410 ``resume_gap``), never served with a
+  hole in it;
+* in total, ``total_bytes`` (``--resume-total-bytes``): past it finished
+  streams are dropped, oldest first, then live logs are cut to their newest
+  frames; a live stream is never stalled for it;
+* in time, ``ttl`` (``--resume-ttl``): a finished stream is dropped that many
+  seconds after its end.
+
+A :class:`Registry` (one per engine) finds logs by stream id and applies the
+total and time bounds on a tick of its own, while it holds any log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+
+__all__ = ["Registry", "StreamLog"]
+
+log = logging.getLogger("engine.stream")
+
+#: Seconds between two sweeps of the registry (expiry and the total bound).
+SWEEP_TICK = 1.0
+
+
+class StreamLog:
+    """One stream's frames by event number (see the module docstring)."""
+
+    __slots__ = (
+        "_max_bytes",
+        "_waiter",
+        "_waking",
+        "ended_at",
+        "final",
+        "first",
+        "frames",
+        "size",
+        "stream_id",
+    )
+
+    def __init__(self, stream_id: str, max_bytes: int) -> None:
+        self.stream_id = stream_id
+        self.frames: list[bytes] = []  # frame of event first + i at index i
+        self.first = 0  # the number of the earliest event held
+        self.size = 0  # bytes held
+        #: The number of the final event (``done`` or ``error``) once the stream ended.
+        self.final: int | None = None
+        self.ended_at: float | None = None
+        self._max_bytes = max_bytes
+        self._waiter: asyncio.Future[None] | None = None
+        self._waking = False
+
+    @property
+    def next(self) -> int:
+        """The number the next event will have."""
+        return self.first + len(self.frames)
+
+    @property
+    def ended(self) -> bool:
+        return self.final is not None
+
+    def append(self, frame: bytes) -> None:
+        """Add the next event's frame (the hot path: once per chunk)."""
+        self.frames.append(frame)
+        self.size += len(frame)
+        if self.size > self._max_bytes:
+            self._trim(self._max_bytes * 3 // 4)
+        if self._waiter is not None and not self._waking:
+            # One wake-up per burst: readers run after the relay's current step.
+            self._waking = True
+            asyncio.get_running_loop().call_soon(self._wake)
+
+    def end(self, frame: bytes) -> None:
+        """Add the final event's frame; the log then only serves resumes until it expires."""
+        if self.final is not None:
+            return
+        self.append(frame)
+        self.final = self.next - 1
+        self.ended_at = asyncio.get_running_loop().time()
+        self._wake()
+
+    def since(self, after: int) -> bytes:
+        """The frames of the events after ``after``, joined (for one write)."""
+        start = after + 1 - self.first
+        return b"".join(self.frames[start:]) if start < len(self.frames) else b""
+
+    def wait(self) -> asyncio.Future[None]:
+        """A future resolved when events are added or the stream ends (shared by all readers)."""
+        if self._waiter is None:
+            self._waiter = asyncio.get_running_loop().create_future()
+        return self._waiter
+
+    def _wake(self) -> None:
+        self._waking = False
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _trim(self, target: int) -> None:
+        """Drop the oldest frames until at most ``target`` bytes are held (at least one stays)."""
+        frames = self.frames
+        drop = 0
+        size = self.size
+        while size > target and drop < len(frames) - 1:
+            size -= len(frames[drop])
+            drop += 1
+        if drop:
+            del frames[:drop]
+            self.first += drop
+            self.size = size
+
+
+class Registry:
+    """The logs of one engine's streams, by stream id, with their total and time bounds."""
+
+    def __init__(self, *, max_bytes: int, total_bytes: int, ttl: float) -> None:
+        self.max_bytes = max_bytes
+        self.total_bytes = total_bytes
+        self.ttl = ttl
+        # Insertion order is start order: the oldest streams come first.
+        self._logs: OrderedDict[str, StreamLog] = OrderedDict()
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._logs)
+
+    def open(self, stream_id: str) -> StreamLog:
+        """A new log for ``stream_id``."""
+        stream_log = StreamLog(stream_id, self.max_bytes)
+        self._logs[stream_id] = stream_log
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._sweep())
+        return stream_log
+
+    def get(self, stream_id: str) -> StreamLog | None:
+        return self._logs.get(stream_id)
+
+    async def _sweep(self) -> None:
+        try:
+            while self._logs:
+                await asyncio.sleep(SWEEP_TICK)
+                self.sweep(asyncio.get_running_loop().time())
+        finally:
+            self._task = None
+
+    def sweep(self, now: float) -> None:
+        """Drop expired logs, then apply the total bound (finished logs first, oldest first)."""
+        logs = self._logs
+        for sid, stream_log in list(logs.items()):
+            if stream_log.ended_at is not None and now - stream_log.ended_at >= self.ttl:
+                del logs[sid]
+        total = sum(stream_log.size for stream_log in logs.values())
+        if total <= self.total_bytes:
+            return
+        for sid, stream_log in list(logs.items()):
+            if total <= self.total_bytes:
+                return
+            if stream_log.ended:
+                total -= stream_log.size
+                del logs[sid]
+        # Still over with live streams only: cut each live log to its newest half.
+        log.warning(
+            "stream logs hold %d bytes over the %d-byte bound with live streams only; "
+            "cutting their oldest events (a resume from there is refused)",
+            total,
+            self.total_bytes,
+        )
+        for stream_log in logs.values():
+            stream_log._trim(stream_log.size // 2)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._logs.clear()
