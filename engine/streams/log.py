@@ -84,6 +84,16 @@ class StreamLog:
             self._waking = True
             asyncio.get_running_loop().call_soon(self._wake)
 
+    def extend(self, frames: list[bytes]) -> None:
+        """Add the frames of a burst, in order (once per write, not per chunk)."""
+        self.frames.extend(frames)
+        self.size += sum(map(len, frames))
+        if self.size > self._max_bytes:
+            self._trim(self._max_bytes * 3 // 4)
+        if self._waiter is not None and not self._waking:
+            self._waking = True
+            asyncio.get_running_loop().call_soon(self._wake)
+
     def end(self, frame: bytes) -> None:
         """Add the final event's frame; the log then only serves resumes until it expires."""
         if self.final is not None:

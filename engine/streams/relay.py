@@ -11,6 +11,7 @@ early stores what its client was sent, marked partial.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -193,10 +194,11 @@ async def relay(
                         log.append(start)
                     await stream.send_frame(start)
                     del start  # an idle stream holds no more than it needs
+                    if log is not None:
+                        stream.log_to(log)  # each burst's frames, as they are written
                     policy = Coalescer(stream)
                     # Bound once: the loop below runs per chunk (benchmarks/NOTES.md).
                     fetch, frame, send = policy.next, framing.chunk, policy.add
-                    keep = log.append if log is not None else None
                     finish_reason = usage = None
                     while True:
                         try:
@@ -216,10 +218,8 @@ async def relay(
                         data = frame(chunk, n)
                         if data is None:
                             continue
-                        # send (now, or with the rest of its burst), and log
+                        # send (now, or with the rest of its burst; the log with it)
                         wait = send(data)
-                        if keep is not None:
-                            keep(data)
                         if memory is not None:
                             reply.keep(chunk.content)
                         if wait is not None:
@@ -240,6 +240,8 @@ async def relay(
                         raise  # the stream sends it, in its dialect's error frame
                     # Sent and logged alike, with its id: a resume replays it.
                     last = framing.error(stream.scrub(exc), n)
+                    with contextlib.suppress(ConnectionResetError):
+                        await stream.flush()  # what was queued goes (and is logged) first
                     log.end(last)
                     await stream.finish(last)
     finally:

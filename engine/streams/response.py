@@ -38,6 +38,7 @@ from ..errors import ClientDisconnectedError, EngineError, ShuttingDown
 from ..sse import encode, encode_comment, encode_json, encode_retry
 
 if TYPE_CHECKING:
+    from .log import StreamLog
     from .supervisor import StreamSupervisor
 
 __all__ = ["DEFAULT_SEND_TIMEOUT", "SSE_HEADERS", "EventStream"]
@@ -113,6 +114,7 @@ class EventStream:
         "_high_water",
         "_interrupted",
         "_last_write",
+        "_log",
         "_loop",
         "_owner",
         "_request",
@@ -157,6 +159,7 @@ class EventStream:
         self._owner: weakref.ref[asyncio.Task[Any]] | None = None
         self._busy = False
         self._queued: list[bytes] = []  # frames for the next flush()
+        self._log: StreamLog | None = None  # where written frames also go (resume)
         self._closed = False
         self._ended = False
         self._interrupted: str | None = None  # why the supervisor cancelled the owner
@@ -389,11 +392,21 @@ class EventStream:
         """How many queued frames have not reached the socket yet."""
         return len(self._queued)
 
+    def log_to(self, log: StreamLog) -> None:
+        """Add every queued frame to ``log`` as it is written (a stream kept for resume).
+
+        Per write, not per frame: a burst is one ``extend``. Frames sent with
+        :meth:`send_frame` or :meth:`finish` are the caller's to log.
+        """
+        self._log = log
+
     async def flush(self) -> None:
         """Write every queued frame, in one write (waiting for a slow reader like ``send``)."""
         queued = self._queued
         if queued:
             await self._write(queued[0] if len(queued) == 1 else b"".join(queued))
+            if self._log is not None:
+                self._log.extend(queued)
             queued.clear()  # only once written: a failed write leaves them counted
 
     def flush_nowait(self) -> Awaitable[None] | None:
@@ -407,7 +420,10 @@ class EventStream:
             return None
         if not self._chunked:
             return self.flush()
-        if self._put(queued[0] if len(queued) == 1 else b"".join(queued)):
+        behind = self._put(queued[0] if len(queued) == 1 else b"".join(queued))
+        if self._log is not None:
+            self._log.extend(queued)
+        if behind:
             return self._drain_queued()
         queued.clear()
         return None
