@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import deque
 
 __all__ = ["Registry", "StreamLog"]
 
@@ -42,6 +42,7 @@ class StreamLog:
 
     __slots__ = (
         "_max_bytes",
+        "_registry",
         "_waiter",
         "_waking",
         "ended_at",
@@ -52,8 +53,9 @@ class StreamLog:
         "stream_id",
     )
 
-    def __init__(self, stream_id: str, max_bytes: int) -> None:
+    def __init__(self, stream_id: str, max_bytes: int, registry: Registry | None = None) -> None:
         self.stream_id = stream_id
+        self._registry = registry  # keeps the running total of all logs' bytes
         self.frames: list[bytes] = []  # frame of event first + i at index i
         self.first = 0  # the number of the earliest event held
         self.size = 0  # bytes held
@@ -74,9 +76,9 @@ class StreamLog:
         return self.final is not None
 
     def append(self, frame: bytes) -> None:
-        """Add the next event's frame (the hot path: once per chunk)."""
+        """Add the next event's frame."""
         self.frames.append(frame)
-        self.size += len(frame)
+        self._grow(len(frame))
         if self.size > self._max_bytes:
             self._trim(self._max_bytes * 3 // 4)
         if self._waiter is not None and not self._waking:
@@ -87,7 +89,7 @@ class StreamLog:
     def extend(self, frames: list[bytes]) -> None:
         """Add the frames of a burst, in order (once per write, not per chunk)."""
         self.frames.extend(frames)
-        self.size += sum(map(len, frames))
+        self._grow(sum(map(len, frames)))
         if self.size > self._max_bytes:
             self._trim(self._max_bytes * 3 // 4)
         if self._waiter is not None and not self._waking:
@@ -101,6 +103,8 @@ class StreamLog:
         self.append(frame)
         self.final = self.next - 1
         self.ended_at = asyncio.get_running_loop().time()
+        if self._registry is not None:
+            self._registry._ended.append(self)
         self._wake()
 
     def since(self, after: int) -> bytes:
@@ -120,6 +124,11 @@ class StreamLog:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _grow(self, added: int) -> None:
+        self.size += added
+        if self._registry is not None:
+            self._registry.size += added
+
     def _trim(self, target: int) -> None:
         """Drop the oldest frames until at most ``target`` bytes are held (at least one stays)."""
         frames = self.frames
@@ -131,18 +140,25 @@ class StreamLog:
         if drop:
             del frames[:drop]
             self.first += drop
-            self.size = size
+            self._grow(size - self.size)
 
 
 class Registry:
-    """The logs of one engine's streams, by stream id, with their total and time bounds."""
+    """The logs of one engine's streams, by stream id, with their total and time bounds.
+
+    A sweep costs what it drops, not what is held: finished logs wait in the
+    order they ended, and the total is kept as logs grow, so a gateway holding
+    the last ten minutes of a busy day does not walk them all every second.
+    """
 
     def __init__(self, *, max_bytes: int, total_bytes: int, ttl: float) -> None:
         self.max_bytes = max_bytes
         self.total_bytes = total_bytes
         self.ttl = ttl
-        # Insertion order is start order: the oldest streams come first.
-        self._logs: OrderedDict[str, StreamLog] = OrderedDict()
+        #: Bytes held by all logs together.
+        self.size = 0
+        self._logs: dict[str, StreamLog] = {}
+        self._ended: deque[StreamLog] = deque()  # in the order they ended
         self._task: asyncio.Task[None] | None = None
 
     def __len__(self) -> int:
@@ -150,7 +166,7 @@ class Registry:
 
     def open(self, stream_id: str) -> StreamLog:
         """A new log for ``stream_id``."""
-        stream_log = StreamLog(stream_id, self.max_bytes)
+        stream_log = StreamLog(stream_id, self.max_bytes, self)
         self._logs[stream_id] = stream_log
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._sweep())
@@ -167,29 +183,28 @@ class Registry:
         finally:
             self._task = None
 
+    def _drop(self, stream_log: StreamLog) -> None:
+        if self._logs.get(stream_log.stream_id) is stream_log:
+            del self._logs[stream_log.stream_id]
+            self.size -= stream_log.size
+
     def sweep(self, now: float) -> None:
         """Drop expired logs, then apply the total bound (finished logs first, oldest first)."""
-        logs = self._logs
-        for sid, stream_log in list(logs.items()):
-            if stream_log.ended_at is not None and now - stream_log.ended_at >= self.ttl:
-                del logs[sid]
-        total = sum(stream_log.size for stream_log in logs.values())
-        if total <= self.total_bytes:
+        ended = self._ended
+        while ended and (ended[0].ended_at or 0.0) + self.ttl <= now:
+            self._drop(ended.popleft())
+        while self.size > self.total_bytes and ended:
+            self._drop(ended.popleft())
+        if self.size <= self.total_bytes:
             return
-        for sid, stream_log in list(logs.items()):
-            if total <= self.total_bytes:
-                return
-            if stream_log.ended:
-                total -= stream_log.size
-                del logs[sid]
         # Still over with live streams only: cut each live log to its newest half.
         log.warning(
             "stream logs hold %d bytes over the %d-byte bound with live streams only; "
             "cutting their oldest events (a resume from there is refused)",
-            total,
+            self.size,
             self.total_bytes,
         )
-        for stream_log in logs.values():
+        for stream_log in list(self._logs.values()):
             stream_log._trim(stream_log.size // 2)
 
     async def aclose(self) -> None:
@@ -197,3 +212,5 @@ class Registry:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._logs.clear()
+        self._ended.clear()
+        self.size = 0
