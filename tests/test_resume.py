@@ -222,3 +222,20 @@ async def test_finished_logs_expire_and_the_total_bound_drops_finished_first():
     assert registry.get("new") is None
     assert registry.get("live") is live  # a live stream is never dropped for time
     await registry.aclose()
+
+
+async def test_a_log_trims_its_oldest_events_and_serves_exactly_what_it_holds():
+    from engine.streams.log import StreamLog
+
+    stream_log = StreamLog("s", max_bytes=1_000)
+    frames = [b"%03d:" % i + b"x" * 45 for i in range(100)]  # 50 bytes each
+    stream_log.append(frames[0])
+    for i in range(1, 100, 3):
+        stream_log.extend(frames[i : i + 3])
+    assert stream_log.next == 100
+    assert stream_log.size <= 1_000
+    first = stream_log.first
+    assert first > 0
+    assert stream_log.since(first - 1) == b"".join(frames[first:])
+    assert stream_log.since(97) == frames[98] + frames[99]
+    assert stream_log.since(99) == b""

@@ -26,8 +26,11 @@ total and time bounds on a tick of its own, while it holds any log.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
+from array import array
 from collections import deque
+from itertools import accumulate
 
 __all__ = ["Registry", "StreamLog"]
 
@@ -38,9 +41,18 @@ SWEEP_TICK = 1.0
 
 
 class StreamLog:
-    """One stream's frames by event number (see the module docstring)."""
+    """One stream's frames by event number (see the module docstring).
+
+    Held as one ``bytearray`` and an ``array`` of where each event ends, not a
+    list of ``bytes``: a log kept for ten minutes is then two objects however
+    many events it holds, none tracked by the garbage collector, and a burst
+    is added with two C calls (benchmarks/NOTES.md).
+    """
 
     __slots__ = (
+        "_base",
+        "_buf",
+        "_ends",
         "_max_bytes",
         "_registry",
         "_waiter",
@@ -48,17 +60,16 @@ class StreamLog:
         "ended_at",
         "final",
         "first",
-        "frames",
-        "size",
         "stream_id",
     )
 
     def __init__(self, stream_id: str, max_bytes: int, registry: Registry | None = None) -> None:
         self.stream_id = stream_id
         self._registry = registry  # keeps the running total of all logs' bytes
-        self.frames: list[bytes] = []  # frame of event first + i at index i
+        self._buf = bytearray()  # the frames of events first.. next-1, back to back
+        self._ends = array("q")  # where event first + i ends, counted from the stream's start
+        self._base = 0  # where _buf begins, counted the same way
         self.first = 0  # the number of the earliest event held
-        self.size = 0  # bytes held
         #: The number of the final event (``done`` or ``error``) once the stream ended.
         self.final: int | None = None
         self.ended_at: float | None = None
@@ -67,9 +78,14 @@ class StreamLog:
         self._waking = False
 
     @property
+    def size(self) -> int:
+        """Bytes held."""
+        return len(self._buf)
+
+    @property
     def next(self) -> int:
         """The number the next event will have."""
-        return self.first + len(self.frames)
+        return self.first + len(self._ends)
 
     @property
     def ended(self) -> bool:
@@ -77,22 +93,29 @@ class StreamLog:
 
     def append(self, frame: bytes) -> None:
         """Add the next event's frame."""
-        self.frames.append(frame)
-        self._grow(len(frame))
-        if self.size > self._max_bytes:
+        self._buf += frame
+        self._ends.append(self._base + len(self._buf))
+        self._added(len(frame))
+
+    def extend(self, frames: list[bytes], joined: bytes | None = None) -> None:
+        """Add the frames of a burst, in order (once per write, not per chunk).
+
+        ``joined`` is ``b"".join(frames)`` when the caller has it (it just wrote it).
+        """
+        end = self._base + len(self._buf)
+        self._buf += b"".join(frames) if joined is None else joined
+        ends = accumulate(map(len, frames), initial=end)
+        next(ends)  # (the initial value: where the burst begins)
+        self._ends.extend(ends)
+        self._added(self._base + len(self._buf) - end)
+
+    def _added(self, added: int) -> None:
+        if self._registry is not None:
+            self._registry.size += added
+        if len(self._buf) > self._max_bytes:
             self._trim(self._max_bytes * 3 // 4)
         if self._waiter is not None and not self._waking:
             # One wake-up per burst: readers run after the relay's current step.
-            self._waking = True
-            asyncio.get_running_loop().call_soon(self._wake)
-
-    def extend(self, frames: list[bytes]) -> None:
-        """Add the frames of a burst, in order (once per write, not per chunk)."""
-        self.frames.extend(frames)
-        self._grow(sum(map(len, frames)))
-        if self.size > self._max_bytes:
-            self._trim(self._max_bytes * 3 // 4)
-        if self._waiter is not None and not self._waking:
             self._waking = True
             asyncio.get_running_loop().call_soon(self._wake)
 
@@ -108,9 +131,13 @@ class StreamLog:
         self._wake()
 
     def since(self, after: int) -> bytes:
-        """The frames of the events after ``after``, joined (for one write)."""
-        start = after + 1 - self.first
-        return b"".join(self.frames[start:]) if start < len(self.frames) else b""
+        """The frames of the events after ``after`` (>= ``first - 1``), joined for one write."""
+        i = after + 1 - self.first
+        ends = self._ends
+        if i >= len(ends):
+            return b""
+        start = (ends[i - 1] if i > 0 else self._base) - self._base
+        return bytes(memoryview(self._buf)[start:])
 
     def wait(self) -> asyncio.Future[None]:
         """A future resolved when events are added or the stream ends (shared by all readers)."""
@@ -124,23 +151,21 @@ class StreamLog:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _grow(self, added: int) -> None:
-        self.size += added
-        if self._registry is not None:
-            self._registry.size += added
-
     def _trim(self, target: int) -> None:
-        """Drop the oldest frames until at most ``target`` bytes are held (at least one stays)."""
-        frames = self.frames
-        drop = 0
-        size = self.size
-        while size > target and drop < len(frames) - 1:
-            size -= len(frames[drop])
-            drop += 1
-        if drop:
-            del frames[:drop]
-            self.first += drop
-            self._grow(size - self.size)
+        """Drop the oldest events until at most ``target`` bytes are held (at least one stays)."""
+        ends = self._ends
+        if len(ends) < 2:
+            return
+        # The fewest events to drop: those ending before `stop - target`.
+        stop = self._base + len(self._buf)
+        drop = min(bisect.bisect_left(ends, stop - target) + 1, len(ends) - 1)
+        cut = ends[drop - 1] - self._base
+        del self._buf[:cut]
+        del ends[:drop]
+        self._base += cut
+        self.first += drop
+        if self._registry is not None:
+            self._registry.size -= cut
 
 
 class Registry:

@@ -404,9 +404,10 @@ class EventStream:
         """Write every queued frame, in one write (waiting for a slow reader like ``send``)."""
         queued = self._queued
         if queued:
-            await self._write(queued[0] if len(queued) == 1 else b"".join(queued))
+            data = queued[0] if len(queued) == 1 else b"".join(queued)
+            await self._write(data)
             if self._log is not None:
-                self._log.extend(queued)
+                self._log.extend(queued, data)
             queued.clear()  # only once written: a failed write leaves them counted
 
     def flush_nowait(self) -> Awaitable[None] | None:
@@ -420,9 +421,10 @@ class EventStream:
             return None
         if not self._chunked:
             return self.flush()
-        behind = self._put(queued[0] if len(queued) == 1 else b"".join(queued))
+        data = queued[0] if len(queued) == 1 else b"".join(queued)
+        behind = self._put(data)
         if self._log is not None:
-            self._log.extend(queued)
+            self._log.extend(queued, data)
         if behind:
             return self._drain_queued()
         queued.clear()
