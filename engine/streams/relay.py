@@ -189,13 +189,11 @@ async def relay(
                 try:
                     if memory is not None and store_inside:
                         await memory.store_request()
-                    start = framing.start()
-                    if log is not None:
-                        log.append(start)
-                    await stream.send_frame(start)
-                    del start  # an idle stream holds no more than it needs
                     if log is not None:
                         stream.log_to(log)  # each burst's frames, as they are written
+                    # Queued, not sent: it goes out with the chunks ready at once, or
+                    # alone the moment the relay would wait (one write less a stream).
+                    stream.queue_frame(framing.start())
                     policy = Coalescer(stream)
                     # Bound once: the loop below runs per chunk (benchmarks/NOTES.md).
                     fetch, frame, send = policy.next, framing.chunk, policy.add
