@@ -102,12 +102,23 @@ class StreamLog:
 
         ``joined`` is ``b"".join(frames)`` when the caller has it (it just wrote it).
         """
-        end = self._base + len(self._buf)
-        self._buf += b"".join(frames) if joined is None else joined
-        ends = accumulate(map(len, frames), initial=end)
-        next(ends)  # (the initial value: where the burst begins)
-        self._ends.extend(ends)
-        self._added(self._base + len(self._buf) - end)
+        buf = self._buf
+        end = self._base + len(buf)
+        data = b"".join(frames) if joined is None else joined
+        buf += data
+        if len(frames) == 1:  # a lone chunk (a steady cadence): no accumulate
+            self._ends.append(end + len(data))
+        else:
+            ends = accumulate(map(len, frames), initial=end)
+            next(ends)  # (the initial value: where the burst begins)
+            self._ends.extend(ends)
+        if self._registry is not None:
+            self._registry.size += len(data)
+        if len(buf) > self._max_bytes:
+            self._trim(self._max_bytes * 3 // 4)
+        if self._waiter is not None and not self._waking:
+            self._waking = True
+            asyncio.get_running_loop().call_soon(self._wake)
 
     def _added(self, added: int) -> None:
         if self._registry is not None:
