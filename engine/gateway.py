@@ -24,6 +24,7 @@ from .config import Config
 from .errors import EngineError
 from .providers import Provider, create_provider, resolve
 from .streams import EventStream, StreamSupervisor
+from .streams.generation import Generations
 from .streams.log import Registry
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class Engine:
         self._store_lock: asyncio.Lock | None = None
         self.supervisor = StreamSupervisor(self.config.heartbeat)
         config = self.config
+        #: Live generations by stream id, for Stop.
+        self.generations = Generations()
         #: The logs of native streams, for resume (``None`` with ``resume = false``).
         self.registry: Registry | None = (
             Registry(

@@ -20,6 +20,7 @@ from ..memory.history import ChatMemory, attach
 from ..middleware import SERVER_HEADER, expect_handler
 from ..providers import ChunkStream, Provider
 from ..streams import EventStream
+from ..streams.generation import Generation, Generations
 from ..streams.log import StreamLog
 from ..streams.relay import open_upstream, relay
 from ..wire import ChatRequest, Message, Options, Reply
@@ -61,7 +62,16 @@ async def chat_stream_get(request: web.Request) -> web.StreamResponse:
 async def _open_stream(
     request: web.Request, body: ChatRequest
 ) -> (
-    tuple[EventStream, ChunkStream, NativeFraming, ChatMemory | None, str, StreamLog | None]
+    tuple[
+        EventStream,
+        ChunkStream,
+        NativeFraming,
+        ChatMemory | None,
+        str,
+        StreamLog | None,
+        Generation,
+        Generations,
+    ]
     | web.StreamResponse
 ):
     """Everything before the first byte of a native stream: memory, the upstream
@@ -86,7 +96,9 @@ async def _open_stream(
         return stream.response or web.Response(status=499)
     sid = uuid.uuid4().hex
     log = engine.registry.open(sid) if engine.registry is not None else None
-    return stream, chunks, NativeFraming(sid, provider.name, chunks.model), memory, sid, log
+    framing = NativeFraming(sid, provider.name, chunks.model)
+    generation = engine.generations.start(sid)
+    return stream, chunks, framing, memory, sid, log, generation, engine.generations
 
 
 async def send_reply(

@@ -49,6 +49,7 @@ from ..memory.history import ChatMemory
 from ..middleware import SERVER_HEADER, error_dialect, expect_handler
 from ..providers import PROVIDERS, ChunkStream, Provider
 from ..streams import EventStream
+from ..streams.generation import Generation, Generations
 from ..streams.relay import open_upstream, relay
 from ..wire import ChatRequest, SessionRef
 from ._io import json_response, read_json
@@ -60,6 +61,8 @@ routes = web.RouteTableDef()
 
 SESSION_PARENT_HEADER = "X-Session-Parent"
 SESSION_ID_HEADER = "X-Session-Id"
+#: The response header naming a completion stream's id, for Stop.
+STREAM_ID_HEADER = "X-Stream-Id"
 _HEADERS = {"Server": SERVER_HEADER}
 
 
@@ -108,7 +111,19 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 async def _start_completion(
     request: web.Request,
-) -> web.StreamResponse | tuple[EventStream, ChunkStream, OpenAIFraming, ChatMemory | None, str]:
+) -> (
+    web.StreamResponse
+    | tuple[
+        EventStream,
+        ChunkStream,
+        OpenAIFraming,
+        ChatMemory | None,
+        str,
+        None,
+        Generation,
+        Generations,
+    ]
+):
     """Everything up to the upstream's acceptance: a whole response when not
     streamed (or refused after the header deadline), else what ``relay`` needs.
 
@@ -156,7 +171,8 @@ async def _start_completion(
         request,
         supervisor=engine.supervisor,
         send_timeout=engine.config.send_timeout,
-        headers=_HEADERS,
+        # The id POST /v1/streams/{id}/stop takes.
+        headers={**_HEADERS, STREAM_ID_HEADER: cid},
         error_frame=error_frame,
         scrub=engine.scrub,
     )
@@ -172,7 +188,8 @@ async def _start_completion(
     if chunks is None:
         return stream.response or web.Response(status=499)
     framing = OpenAIFraming(cid, created, shown(chunks.model), include_usage)
-    return stream, chunks, framing, memory, cid
+    generation = engine.generations.start(cid)
+    return stream, chunks, framing, memory, cid, None, generation, engine.generations
 
 
 @routes.get("/v1/models")

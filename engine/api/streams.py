@@ -12,6 +12,11 @@
             names the earliest id still held)
         400 a malformed Last-Event-ID, one of another stream, or past what was sent
 
+    POST /v1/streams/{stream_id}/stop   end it on purpose (native and completion streams)
+        200 {"stream_id", "state"}: readers get the normal end with finish_reason
+            "stopped", memory keeps the partial reply (reason "stopped"); a stream
+            that already ended answers how it ended; 404 unknown
+
 A ``GET`` or ``POST /v1/chat/stream`` carrying ``Last-Event-ID`` resumes the
 same way (what EventSource and fetch-event-source do when they reconnect)
 and never starts a second generation. Several readers may follow one stream
@@ -21,6 +26,7 @@ at once, each from its own position.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 
 from aiohttp import web
@@ -29,6 +35,7 @@ from ..errors import BadRequest, ResumeGap, StreamNotFound
 from ..gateway import ENGINE
 from ..middleware import SERVER_HEADER
 from ..streams.log import StreamLog
+from ._io import json_response
 
 __all__ = ["LAST_EVENT_ID", "resume", "routes"]
 
@@ -95,6 +102,40 @@ async def resume(request: web.Request, stream_id: str | None) -> web.StreamRespo
         return web.Response(status=204, headers={"Server": SERVER_HEADER})
     _check_held(log, after)
     return await _follow(request, log, after)
+
+
+#: Seconds Stop waits for the generation to end before it answers (it ends
+#: within one upstream read: the upstream connection is closed at once).
+STOP_WAIT = 5.0
+
+
+@routes.post("/v1/streams/{stream_id}/stop")
+async def stream_stop(request: web.Request) -> web.Response:
+    """Stop a stream on purpose: ``{"stream_id", "state"}``, its state once it ended.
+
+    ``state`` is ``stopped``; or, for a stream that had already ended, how it
+    ended (``done``, ``failed``, ``interrupted``, ``stopped``): stopping it
+    again is not an error. An unknown stream is 404.
+    """
+    stream_id = request.match_info["stream_id"]
+    engine = request.app[ENGINE]
+    generation = engine.generations.get(stream_id)
+    state: str | None
+    if generation is not None:
+        generation.stop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_WAIT):
+                await generation.wait_ended()
+        state = generation.state
+    else:
+        state = engine.generations.ended_state(stream_id)
+        log = engine.registry.get(stream_id) if engine.registry is not None else None
+        if state is None and log is not None and log.ended:
+            state = "ended"
+        if state is None:
+            shown = stream_id if _STREAM_ID.fullmatch(stream_id) else stream_id[:64]
+            raise StreamNotFound(f"the stream {shown!r} is unknown or expired")
+    return json_response({"stream_id": stream_id, "state": state})
 
 
 def _check_held(log: StreamLog, after: int) -> None:

@@ -30,6 +30,7 @@ from .coalesce import Coalescer
 
 if TYPE_CHECKING:
     from ..providers import ChunkStream
+    from .generation import Generation, Generations
     from .log import StreamLog
     from .response import EventStream
     from .supervisor import StreamSupervisor
@@ -163,6 +164,8 @@ async def relay(
     memory: ReplyMemory | None,
     stream_id: str,
     log: StreamLog | None = None,
+    generation: Generation | None = None,
+    generations: Generations | None = None,
 ) -> web.StreamResponse:
     """Relay ``chunks`` to ``stream`` in ``framing``'s format, with memory around it.
 
@@ -174,9 +177,15 @@ async def relay(
     the final ``done`` or ``error`` included; a stream cancelled before its
     end (its client left, the server stopped) ends its log with an ``error``
     event saying so, so a late resume learns why it ended.
+
+    With a ``generation``, ``POST /v1/streams/{id}/stop`` may stop it: the
+    upstream is closed at once, the partial reply is stored with reason
+    ``stopped``, and the stream ends normally with ``finish_reason: "stopped"``.
     """
     reply = _Reply()
     n = 0
+    how = "interrupted"  # how the stream ended, for a late Stop
+    stopped = False
     try:
         async with chunks:
             # Stored before the headers, so a store that is down is still a JSON
@@ -197,34 +206,43 @@ async def relay(
                     policy = Coalescer(stream)
                     # Bound once: the loop below runs per chunk (benchmarks/NOTES.md).
                     fetch, frame, send = policy.next, framing.chunk, policy.add
-                    finish_reason = usage = None
-                    while True:
-                        try:
-                            chunk = await fetch(chunks)
-                        except StopAsyncIteration:
-                            break
-                        except Exception:
-                            await stream.flush()  # what came before the failure goes out first
+                    finish_reason: str | None = None
+                    usage: Usage | None = None
+                    try:
+                        while True:
+                            try:
+                                chunk = await fetch(chunks)
+                            except StopAsyncIteration:
+                                break
+                            except Exception:
+                                await stream.flush()  # what came before the failure goes out first
+                                raise
+                            # account
+                            n += 1
+                            if chunk.finish_reason is not None:
+                                finish_reason = chunk.finish_reason
+                            if chunk.usage is not None:
+                                usage = chunk.usage
+                            # frame
+                            data = frame(chunk, n)
+                            if data is None:
+                                continue
+                            # send (now, or with the rest of its burst; the log with it)
+                            wait = send(data)
+                            if memory is not None:
+                                reply.keep(chunk.content)
+                            if wait is not None:
+                                await wait
+                    except asyncio.CancelledError:
+                        if not _stop_requested(generation):
                             raise
-                        # account
-                        n += 1
-                        if chunk.finish_reason is not None:
-                            finish_reason = chunk.finish_reason
-                        if chunk.usage is not None:
-                            usage = chunk.usage
-                        # frame
-                        data = frame(chunk, n)
-                        if data is None:
-                            continue
-                        # send (now, or with the rest of its burst; the log with it)
-                        wait = send(data)
-                        if memory is not None:
-                            reply.keep(chunk.content)
-                        if wait is not None:
-                            await wait
+                        stopped, finish_reason = True, "stopped"
+                        await chunks.aclose()  # the upstream is closed now, not after the rest
                     await stream.flush()
                     if memory is not None:
                         metadata: dict[str, Any] = {"stream_id": stream_id}
+                        if stopped:
+                            metadata = {"partial": True, "reason": "stopped", **metadata}
                         if reply.truncated:
                             metadata["truncated"] = True
                         await memory.store_reply("".join(reply.seen), metadata)
@@ -233,7 +251,9 @@ async def relay(
                     if log is not None:
                         log.end(last)
                     await stream.finish(last)
+                    how = "stopped" if stopped else "done"
                 except EngineError as exc:
+                    how = "failed"
                     if log is None:
                         raise  # the stream sends it, in its dialect's error frame
                     # Sent and logged alike, with its id: a resume replays it.
@@ -243,6 +263,8 @@ async def relay(
                     log.end(last)
                     await stream.finish(last)
     finally:
+        if generation is not None and generations is not None:
+            generations.finish(generation, how)
         if log is not None and not log.ended:
             # Cancelled (or failed in a way the stream reports as internal).
             if stream.interrupted == "shutdown":
@@ -256,6 +278,14 @@ async def relay(
         if memory is not None and reply.seen:
             await _store_partial(memory, reply, stream, stream_id)
     return stream.response or web.Response(status=499)
+
+
+def _stop_requested(generation: Generation | None) -> bool:
+    """True if this cancellation is a Stop (and only that): then it is withdrawn."""
+    if generation is None or not generation.stopping:
+        return False
+    task = asyncio.current_task()
+    return task is not None and task.uncancel() == 0
 
 
 async def _store_partial(

@@ -1,0 +1,102 @@
+"""Live generations by stream id, so one can be stopped on purpose: :class:`Generations`.
+
+"Stop" is not "disconnect" (USERS-ASK 3, 12): a client that leaves cancels its
+generation as before; ``POST /v1/streams/{id}/stop`` ends it deliberately, and
+its readers get the stream's normal end with ``finish_reason: "stopped"``, the
+partial reply is stored with ``reason: "stopped"``. A :class:`Generation` is
+the handle: its task (the one relaying) and an explicit state.
+
+States (h11-style: a transition not in the table raises)::
+
+    streaming --stop()--> stopping --ended("stopped")--> stopped
+    streaming --ended(x)--> done | failed | interrupted
+    stopping  --ended(x)--> x            (it ended another way first)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from typing import Any
+
+__all__ = ["Generation", "Generations"]
+
+#: Ended generations remembered, so a late Stop learns how the stream ended.
+MAX_ENDED = 10_000
+
+_ENDINGS = frozenset({"done", "stopped", "failed", "interrupted"})
+_TRANSITIONS = {
+    "streaming": {"stopping", *_ENDINGS},
+    "stopping": set(_ENDINGS),
+}
+
+
+class Generation:
+    """One relayed stream that can be stopped (see the module docstring)."""
+
+    __slots__ = ("_ended", "_task", "state", "stream_id")
+
+    def __init__(self, stream_id: str, task: asyncio.Task[Any]) -> None:
+        self.stream_id = stream_id
+        self._task = task
+        self.state = "streaming"
+        self._ended = asyncio.Event()
+
+    def _move(self, state: str) -> None:
+        if state not in _TRANSITIONS.get(self.state, ()):
+            raise RuntimeError(f"generation {self.stream_id}: {self.state} -> {state}")
+        self.state = state
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called and the stream has not ended yet."""
+        return self.state == "stopping"
+
+    def stop(self) -> bool:
+        """Ask the generation to stop; False if it is not streaming any more."""
+        if self.state != "streaming":
+            return False
+        self._move("stopping")
+        self._task.cancel()
+        return True
+
+    def ended(self, how: str) -> None:
+        """Record how the stream ended (the relay calls it once, on its way out)."""
+        self._move(how)
+        self._ended.set()
+
+    async def wait_ended(self) -> None:
+        await self._ended.wait()
+
+
+class Generations:
+    """The live generations of an engine by stream id, and how recent ones ended."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, Generation] = {}
+        self._ended: OrderedDict[str, str] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def start(self, stream_id: str) -> Generation:
+        """Register the current task as generating ``stream_id``."""
+        task = asyncio.current_task()
+        assert task is not None
+        generation = Generation(stream_id, task)
+        self._live[stream_id] = generation
+        return generation
+
+    def finish(self, generation: Generation, how: str) -> None:
+        generation.ended(how)
+        self._live.pop(generation.stream_id, None)
+        self._ended[generation.stream_id] = generation.state
+        while len(self._ended) > MAX_ENDED:
+            self._ended.popitem(last=False)
+
+    def get(self, stream_id: str) -> Generation | None:
+        return self._live.get(stream_id)
+
+    def ended_state(self, stream_id: str) -> str | None:
+        """How a recently ended stream ended, or None if unknown."""
+        return self._ended.get(stream_id)

@@ -1,0 +1,113 @@
+"""Stop is not disconnect: POST /v1/streams/{id}/stop ends a generation on purpose."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from engine import create_app
+from engine.app import ENGINE
+from engine.sse import Decoder
+
+from .helpers import ScriptedProvider, make_config
+
+USER = [{"role": "user", "content": "hi"}]
+SESSION = {"parent": "Chat", "id": "stop"}
+
+
+@pytest.fixture
+async def held(aiohttp_client):
+    """A gateway whose provider sends two chunks, then waits for ``gate``."""
+    gate = asyncio.Event()
+    provider = ScriptedProvider([f"t{i} " for i in range(6)], gate=gate, hold_from=2)
+    app = create_app(make_config())
+    app[ENGINE].add_provider(provider, "mock")
+    client = await aiohttp_client(app)
+    return client, provider, gate, app[ENGINE]
+
+
+async def _until(resp, count):
+    decoder, events = Decoder(), []
+    while len(events) < count:
+        data = await resp.content.readany()
+        assert data, f"the stream ended after {events!r}"
+        events += decoder.feed(data)
+    return events, decoder
+
+
+async def test_stop_ends_a_native_stream_with_done_stopped_and_keeps_the_partial_reply(held):
+    client, provider, gate, engine = held
+    resp = await client.post("/v1/chat/stream", json={"messages": USER, "session": SESSION})
+    events, decoder = await _until(resp, 3)  # start, t0, t1; the provider now waits
+    sid = json.loads(events[0].data)["stream_id"]
+    follower = await client.get(f"/v1/streams/{sid}", headers={"Last-Event-ID": f"{sid}:1"})
+
+    stop = await client.post(f"/v1/streams/{sid}/stop")
+    assert stop.status == 200
+    assert await stop.json() == {"stream_id": sid, "state": "stopped"}
+    assert provider.closed.is_set()  # the upstream was closed, not left to finish
+    assert provider.sent == 2
+
+    rest = decoder.feed(await resp.read())
+    assert [e.event for e in rest] == ["done"]
+    done = json.loads(rest[0].data)
+    assert done["finish_reason"] == "stopped"
+    assert rest[0].id == f"{sid}:3"
+    # Every reader gets the same end.
+    followed = Decoder().feed(await follower.read())
+    assert [e.event for e in followed] == ["message", "done"]
+    assert json.loads(followed[-1].data)["finish_reason"] == "stopped"
+    # Memory keeps what was sent, marked stopped.
+    conv = (await engine.open_memory()).for_parent("Chat", "stop")
+    reply = (await conv.get_messages())[-1]
+    assert reply.content == "t0 t1 "
+    assert reply.metadata["partial"] is True and reply.metadata["reason"] == "stopped"
+    # Stopping again is not an error: it says how the stream ended.
+    again = await client.post(f"/v1/streams/{sid}/stop")
+    assert again.status == 200
+    assert (await again.json())["state"] == "stopped"
+
+
+async def test_stop_ends_an_openai_stream_with_its_normal_end(held):
+    client, provider, gate, engine = held
+    body = {"model": "mock/x", "messages": USER, "stream": True}
+    resp = await client.post("/v1/chat/completions", json=body)
+    sid = resp.headers["X-Stream-Id"]
+    assert sid.startswith("chatcmpl-")
+    await _until(resp, 3)  # role, t0, t1
+    stop = await client.post(f"/v1/streams/{sid}/stop")
+    assert (await stop.json())["state"] == "stopped"
+    events = Decoder().feed(await resp.read())
+    assert events[-1].data == "[DONE]"
+    last = json.loads(events[-2].data)
+    assert last["choices"][0]["finish_reason"] == "stopped"
+
+
+async def test_stop_of_a_finished_stream_says_how_it_ended_and_an_unknown_one_is_404(held):
+    client, provider, gate, engine = held
+    gate.set()
+    raw = await (await client.post("/v1/chat/stream", json={"messages": USER})).read()
+    sid = json.loads(Decoder().feed(raw)[0].data)["stream_id"]
+    stop = await client.post(f"/v1/streams/{sid}/stop")
+    assert stop.status == 200
+    assert await stop.json() == {"stream_id": sid, "state": "done"}
+    missing = await client.post("/v1/streams/0123456789abcdef0123456789abcdef/stop")
+    assert missing.status == 404
+    assert (await missing.json())["type"] == "stream_not_found"
+
+
+async def test_a_disconnect_is_not_a_stop(held):
+    client, provider, gate, engine = held
+    resp = await client.post("/v1/chat/stream", json={"messages": USER, "session": SESSION})
+    events, _ = await _until(resp, 3)
+    sid = json.loads(events[0].data)["stream_id"]
+    resp.close()
+    async with asyncio.timeout(10):
+        await provider.closed.wait()
+    stop = await client.post(f"/v1/streams/{sid}/stop")
+    assert (await stop.json())["state"] == "interrupted"
+    conv = (await engine.open_memory()).for_parent("Chat", "stop")
+    reply = (await conv.get_messages())[-1]
+    assert reply.metadata["reason"] == "client_disconnected"
