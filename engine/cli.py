@@ -78,6 +78,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--resume-ttl", type=float, help="seconds a finished stream stays resumable (default 600)"
     )
+    serve.add_argument(
+        "--detach",
+        type=float,
+        help="seconds a stream goes on after its last reader left (default 0: stop at once)",
+    )
+    serve.add_argument(
+        "--max-detach", type=float, help="most a request may ask for with options.detach (300)"
+    )
     serve.add_argument("--memory", dest="memory_url", help="memory store URL (sqlite:///path, ...)")
     serve.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="default info"
@@ -140,6 +148,8 @@ def _load_config(args: argparse.Namespace) -> Config:
         resume=None if args.resume is None else args.resume == "on",
         resume_max_bytes=args.resume_max_bytes,
         resume_ttl=args.resume_ttl,
+        detach=args.detach,
+        max_detach=args.max_detach,
         memory_url=args.memory_url,
         log_level=args.log_level,
     )

@@ -127,6 +127,11 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     #: any. An entry is a host name or address, without port; a leading dot
     #: (``.example.com``) also matches sub-domains.
     allowed_hosts: list[str] | None = None
+    #: Seconds a native stream goes on producing, into its log, after its last reader
+    #: left, when the request does not set ``options.detach`` (0: stop at once).
+    detach: Annotated[float, Meta(ge=0)] = 0.0
+    #: The most a request may ask for with ``options.detach``.
+    max_detach: Annotated[float, Meta(ge=0)] = 300.0
     #: Keep each native stream's events for resume by ``Last-Event-ID`` (``--resume off``: not).
     resume: bool = True
     #: Bytes of framed events kept per stream; past it the oldest go (a resume there is 410).

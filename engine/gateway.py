@@ -14,8 +14,9 @@ and ``create_app()`` holds one per application.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 from aiohttp import web
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from .memory import MemoryStore
 
 __all__ = ["ENGINE", "Engine"]
+
+T = TypeVar("T")
 
 
 class Engine:
@@ -53,6 +56,8 @@ class Engine:
         config = self.config
         #: Live generations by stream id, for Stop.
         self.generations = Generations()
+        # Tasks the engine owns (detached generations and their watches).
+        self._tasks: set[asyncio.Task[Any]] = set()
         #: The logs of native streams, for resume (``None`` with ``resume = false``).
         self.registry: Registry | None = (
             Registry(
@@ -148,6 +153,13 @@ class Engine:
             scrub=self.scrub,
         )
 
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``coro`` in a task the engine owns (kept referenced; cancelled by ``aclose``)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     # -- memory ----------------------------------------------------------------
 
     async def open_memory(self) -> MemoryStore:
@@ -182,6 +194,11 @@ class Engine:
 
     async def aclose(self) -> None:
         """Close providers, the supervisor, the store and (if ours) the HTTP session."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
         await self.supervisor.aclose()
         if self.registry is not None:
             await self.registry.aclose()

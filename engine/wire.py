@@ -120,7 +120,9 @@ class Options(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=Tr
     """Per-request generation options. Unknown names are rejected (422), not ignored.
 
     ``interval_ms`` and ``token_size`` drive the mock provider (a load-testing
-    target); ``max_history`` trims what memory sends upstream, never what it stores.
+    target); ``max_history`` trims what memory sends upstream, never what it stores;
+    ``detach`` (seconds, native streams) lets the generation outlive its readers
+    (capped by the server's ``max_detach``). None of these reach a provider.
 
     ``tools`` are function tools in OpenAI Chat Completions' format,
     ``{"type": "function", "function": {"name", "description"?, "parameters"?}}``,
@@ -137,6 +139,7 @@ class Options(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=Tr
     interval_ms: Annotated[int, Meta(ge=0, le=60_000)] | None = None
     token_size: Annotated[int, Meta(ge=1, le=65_536)] | None = None
     max_history: Annotated[int, Meta(ge=0, le=MAX_HISTORY)] | None = None
+    detach: Annotated[float, Meta(ge=0, le=86_400)] | None = None
     tools: Annotated[list[dict[str, Any]], Meta(max_length=128)] | None = None
     tool_choice: str | dict[str, Any] | None = None
 

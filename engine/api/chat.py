@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 from aiohttp import web
@@ -20,7 +21,7 @@ from ..memory.history import ChatMemory, attach
 from ..middleware import SERVER_HEADER, expect_handler
 from ..providers import ChunkStream, Provider
 from ..streams import EventStream
-from ..streams.generation import Generation, Generations
+from ..streams.generation import Generation, Generations, watch_detached
 from ..streams.log import StreamLog
 from ..streams.relay import open_upstream, relay
 from ..wire import ChatRequest, Message, Options, Reply
@@ -30,6 +31,19 @@ from .streams import LAST_EVENT_ID, resume
 __all__ = ["attach_memory", "routes", "send_reply"]
 
 routes = web.RouteTableDef()
+
+
+# What a native stream's relay takes (see relay's parameters).
+_Opened = tuple[
+    EventStream,
+    ChunkStream,
+    NativeFraming,
+    ChatMemory | None,
+    str,
+    StreamLog | None,
+    Generation,
+    Generations,
+]
 
 
 async def attach_memory(
@@ -46,8 +60,12 @@ async def chat_stream_post(request: web.Request) -> web.StreamResponse:
         # fetch-event-source re-POSTs the same body to reconnect: resume, never
         # a second generation of the same prompt.
         return await resume(request, None)
-    opened = await _open_stream(request, await read_json(request, ChatRequest))
-    return opened if isinstance(opened, web.StreamResponse) else await relay(*opened)
+    body = await read_json(request, ChatRequest)
+    opened = await _open_stream(request, body)
+    if isinstance(opened, web.StreamResponse):
+        return opened
+    window = _detach_window(request.app[ENGINE], body)
+    return await (_detached(request, opened, window) if window else relay(*opened))
 
 
 @routes.get("/v1/chat/stream")
@@ -55,25 +73,46 @@ async def chat_stream_get(request: web.Request) -> web.StreamResponse:
     if LAST_EVENT_ID in request.headers:
         # A browser's EventSource reconnects to the same URL with Last-Event-ID.
         return await resume(request, None)
-    opened = await _open_stream(request, chat_request_from_query(request.query))
-    return opened if isinstance(opened, web.StreamResponse) else await relay(*opened)
+    body = chat_request_from_query(request.query)
+    opened = await _open_stream(request, body)
+    if isinstance(opened, web.StreamResponse):
+        return opened
+    window = _detach_window(request.app[ENGINE], body)
+    return await (_detached(request, opened, window) if window else relay(*opened))
 
 
-async def _open_stream(
-    request: web.Request, body: ChatRequest
-) -> (
-    tuple[
-        EventStream,
-        ChunkStream,
-        NativeFraming,
-        ChatMemory | None,
-        str,
-        StreamLog | None,
-        Generation,
-        Generations,
-    ]
-    | web.StreamResponse
-):
+def _detach_window(engine: Engine, body: ChatRequest) -> float:
+    """Seconds the generation may outlive its readers: the request's, the server's default,
+    capped by ``max_detach``; 0 without a log to detach into."""
+    if engine.registry is None:
+        return 0.0
+    asked = body.options.detach
+    return min(engine.config.detach if asked is None else asked, engine.config.max_detach)
+
+
+async def _detached(request: web.Request, opened: _Opened, window: float) -> web.StreamResponse:
+    """Relay in a task the engine owns, so the generation outlives this handler.
+
+    aiohttp cancels a handler whose client left (``serve`` runs it that way);
+    here that cancels only the wait below. The stream detaches instead of
+    cancelling its producer, which goes on into the log until it finishes or
+    ``window`` seconds pass with no reader (engine.streams.generation).
+    """
+    engine = request.app[ENGINE]
+    stream, generation, log = opened[0], opened[6], opened[5]
+    assert log is not None
+
+    def on_detach() -> None:
+        engine.spawn(watch_detached(generation, lambda: log.readers, window))
+
+    stream.detachable(on_detach)
+    task = engine.spawn(relay(*opened))
+    stream.set_owner(task)  # the server stopping still ends it
+    generation.set_task(task)
+    return await asyncio.shield(task)
+
+
+async def _open_stream(request: web.Request, body: ChatRequest) -> _Opened | web.StreamResponse:
     """Everything before the first byte of a native stream: memory, the upstream
     request (a refusal is still a JSON error, see ``open_upstream``), the
     framing. Returns ``relay``'s arguments, so the handler awaits ``relay``

@@ -34,6 +34,7 @@ from aiohttp import web
 from ..errors import BadRequest, ResumeGap, StreamNotFound
 from ..gateway import ENGINE
 from ..middleware import SERVER_HEADER
+from ..streams import EventStream
 from ..streams.log import StreamLog
 from ._io import json_response
 
@@ -149,6 +150,14 @@ def _check_held(log: StreamLog, after: int) -> None:
 async def _follow(request: web.Request, log: StreamLog, after: int) -> web.StreamResponse:
     """Replay what the log holds after ``after`` in one write, then follow it live to its end."""
     stream = request.app[ENGINE].sse(request, Server=SERVER_HEADER)
+    log.readers += 1
+    try:
+        return await _follow_in(stream, log, after)
+    finally:
+        log.readers -= 1
+
+
+async def _follow_in(stream: EventStream, log: StreamLog, after: int) -> web.StreamResponse:
     async with stream:
         position = after
         while True:

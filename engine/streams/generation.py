@@ -16,10 +16,12 @@ States (h11-style: a transition not in the table raises)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Generation", "Generations"]
+__all__ = ["Generation", "Generations", "watch_detached"]
 
 #: Ended generations remembered, so a late Stop learns how the stream ended.
 MAX_ENDED = 10_000
@@ -59,6 +61,19 @@ class Generation:
         self._move("stopping")
         self._task.cancel()
         return True
+
+    def set_task(self, task: asyncio.Task[Any]) -> None:
+        """The task that relays it, when it is not the one that registered it (detach)."""
+        self._task = task
+
+    def abandon(self) -> None:
+        """Cancel a detached generation nobody reads any more (it ends ``interrupted``)."""
+        if self.state == "streaming":
+            self._task.cancel()
+
+    @property
+    def done(self) -> bool:
+        return self._ended.is_set()
 
     def ended(self, how: str) -> None:
         """Record how the stream ended (the relay calls it once, on its way out)."""
@@ -100,3 +115,23 @@ class Generations:
     def ended_state(self, stream_id: str) -> str | None:
         """How a recently ended stream ended, or None if unknown."""
         return self._ended.get(stream_id)
+
+
+async def watch_detached(generation: Generation, readers: Callable[[], int], window: float) -> None:
+    """Abandon ``generation`` once ``readers()`` has been 0 for ``window`` seconds.
+
+    Started when the stream's own client is lost; a reader that comes back
+    within the window (a resume) keeps it going, live.
+    """
+    loop = asyncio.get_running_loop()
+    idle_since = loop.time()
+    tick = min(1.0, window / 4) if window > 0 else 0.0
+    while not generation.done:
+        if readers():
+            idle_since = loop.time()
+        elif loop.time() - idle_since >= window:
+            generation.abandon()
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(tick):
+                await generation.wait_ended()

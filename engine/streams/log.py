@@ -60,6 +60,7 @@ class StreamLog:
         "ended_at",
         "final",
         "first",
+        "readers",
         "stream_id",
     )
 
@@ -70,6 +71,8 @@ class StreamLog:
         self._ends = array("q")  # where event first + i ends, counted from the stream's start
         self._base = 0  # where _buf begins, counted the same way
         self.first = 0  # the number of the earliest event held
+        #: Readers following the stream (resumed connections), for the detach window.
+        self.readers = 0
         #: The number of the final event (``done`` or ``error``) once the stream ended.
         self.final: int | None = None
         self.ended_at: float | None = None

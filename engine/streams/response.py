@@ -29,7 +29,7 @@ import socket
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.http_writer import StreamWriter
@@ -54,6 +54,25 @@ SSE_HEADERS: Mapping[str, str] = {
     # nginx buffers proxied responses unless told not to.
     "X-Accel-Buffering": "no",
 }
+
+
+class _Nowhere:
+    """The transport of a detached stream: every write succeeds and goes nowhere."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        pass
+
+
+_DETACHED = cast(asyncio.Transport, _Nowhere())
 
 _KEEPALIVE = encode_comment("keepalive")
 _DONE = {"type": "done"}
@@ -113,8 +132,10 @@ class EventStream:
         "_headers",
         "_high_water",
         "_interrupted",
+        "_detached",
         "_last_write",
         "_log",
+        "_on_detach",
         "_loop",
         "_owner",
         "_request",
@@ -160,6 +181,8 @@ class EventStream:
         self._busy = False
         self._queued: list[bytes] = []  # frames for the next flush()
         self._log: StreamLog | None = None  # where written frames also go (resume)
+        self._on_detach: Callable[[], None] | None = None  # set: a lost client detaches
+        self._detached = False
         self._closed = False
         self._ended = False
         self._interrupted: str | None = None  # why the supervisor cancelled the owner
@@ -185,7 +208,12 @@ class EventStream:
     def end_reason(self) -> str:
         """Why the stream stopped early: ``client_disconnected``, ``shutdown`` or ``error``."""
         transport = self._request.transport
-        if self._interrupted == "disconnect" or transport is None or transport.is_closing():
+        if (
+            self._interrupted == "disconnect"
+            or self._detached
+            or transport is None
+            or transport.is_closing()
+        ):
             return "client_disconnected"
         if self._interrupted == "shutdown":
             return "shutdown"
@@ -305,6 +333,8 @@ class EventStream:
         if transport is None:
             raise RuntimeError("EventStream.prepare() was not called")
         if transport.is_closing():
+            if self._on_detach is not None:
+                return self._detach()
             self._closed = True
             raise ClientDisconnectedError("the client closed the connection")
         return transport
@@ -339,6 +369,9 @@ class EventStream:
             # with no time limit; the caller's wait (_drain) is the bounded one.
             await writer.write(frame, drain=False)
         except ConnectionResetError as exc:
+            if self._on_detach is not None:
+                self._detach()
+                return False
             self._closed = True
             raise ClientDisconnectedError(str(exc) or "the client closed the connection") from exc
         # The writer, not the response, knows whether aiohttp chose chunked
@@ -357,12 +390,18 @@ class EventStream:
             async with asyncio.timeout(self.send_timeout):
                 await writer.drain()
         except TimeoutError:
-            self._closed = True
             transport.abort()
+            if self._on_detach is not None:
+                self._detach()
+                return
+            self._closed = True
             raise ClientDisconnectedError(
                 f"the client read nothing for {self.send_timeout:g} s; connection dropped"
             ) from None
         except ConnectionResetError as exc:
+            if self._on_detach is not None:
+                self._detach()
+                return
             self._closed = True
             raise ClientDisconnectedError(str(exc) or "the client closed the connection") from exc
         finally:
@@ -391,6 +430,37 @@ class EventStream:
     def queued(self) -> int:
         """How many queued frames have not reached the socket yet."""
         return len(self._queued)
+
+    def detachable(self, on_detach: Callable[[], None]) -> None:
+        """Let the stream outlive its client: a lost client detaches it instead of
+        cancelling its producer (``options.detach``).
+
+        From then on every write succeeds and goes nowhere but the log; heartbeats
+        stop; ``on_detach()`` is called once, when it happens.
+        """
+        self._on_detach = on_detach
+
+    def set_owner(self, task: asyncio.Task[Any]) -> None:
+        """The task to cancel when the server stops (a generation in a task of its own)."""
+        self._owner = weakref.ref(task)
+
+    @property
+    def detached(self) -> bool:
+        """True once the client was lost and the producer goes on into the log."""
+        return self._detached
+
+    def _detach(self) -> asyncio.Transport:
+        if not self._detached:
+            self._detached = True
+            self._transport = _DETACHED
+            self._chunked = True  # our own framing, to nowhere
+            self._closed = False
+            if self._supervisor is not None:
+                self._supervisor.unregister(self)
+            log.debug("client lost; the stream goes on detached")
+            if self._on_detach is not None:
+                self._on_detach()
+        return _DETACHED
 
     def log_to(self, log: StreamLog) -> None:
         """Add every queued frame to ``log`` as it is written (a stream kept for resume).
@@ -477,7 +547,8 @@ class EventStream:
                 await self.flush()
                 if frame:  # (an empty HTTP chunk would end the body early)
                     await self._write(frame)
-                await self._response.write_eof()
+                if not self._detached:
+                    await self._response.write_eof()
         except ConnectionResetError:
             pass
         finally:
@@ -519,6 +590,9 @@ class EventStream:
 
     def _interrupt(self, reason: str) -> None:
         """Stop the task producing this stream (client gone, or server stopping)."""
+        if reason == "disconnect" and self._on_detach is not None:
+            self._detach()  # the producer goes on, into the log
+            return
         if self._interrupted is not None or self._owner is None:
             return
         task = self._owner()

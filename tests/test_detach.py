@@ -1,0 +1,101 @@
+"""Detach: a generation that outlives its readers, and the window after which it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+
+from engine import create_app
+from engine.app import ENGINE
+from engine.sse import Decoder
+
+from .helpers import ScriptedProvider, make_config, running
+
+USER = [{"role": "user", "content": "hi"}]
+TOKENS = [f"t{i} " for i in range(6)]
+
+
+async def _first_events(resp, count):
+    decoder, events = Decoder(), []
+    while len(events) < count:
+        data = await resp.content.readany()
+        assert data
+        events += decoder.feed(data)
+    return events
+
+
+@pytest.mark.parametrize("handler_cancellation", [False, True])
+async def test_a_detached_generation_goes_on_and_a_resume_gets_the_rest(handler_cancellation):
+    gate = asyncio.Event()
+    provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
+    app = create_app(make_config(heartbeat=0.1))
+    app[ENGINE].add_provider(provider, "mock")
+    engine = app[ENGINE]
+    body = {
+        "messages": USER,
+        "options": {"detach": 30},
+        "session": {"parent": "Chat", "id": "detached"},
+    }
+    async with running(app, handler_cancellation=handler_cancellation) as url:
+        async with aiohttp.ClientSession() as session:
+            resp = await session.post(f"{url}/v1/chat/stream", json=body)
+            events = await _first_events(resp, 3)
+            sid = json.loads(events[0].data)["stream_id"]
+            resp.close()  # the tab lost its connection
+            # The generation goes on: its client is gone, its upstream is not.
+            generation = engine.generations.get(sid)
+            assert generation is not None
+            async with asyncio.timeout(10):
+                await engine.supervisor.wait_empty()  # the stream detached: nothing to watch
+            assert not provider.closed.is_set()
+            assert generation.state == "streaming"
+            gate.set()
+            async with asyncio.timeout(10):
+                await generation.wait_ended()
+            assert generation.state == "done"
+            resumed = await session.get(
+                f"{url}/v1/streams/{sid}", headers={"Last-Event-ID": f"{sid}:2"}
+            )
+            rest = Decoder().feed(await resumed.read())
+            # The whole reply is stored, not a partial one.
+            conv = engine.memory().for_parent("Chat", "detached")
+            reply = (await conv.get_messages())[-1]
+    assert [e.event for e in rest] == ["message"] * 4 + ["done"]
+    assert json.loads(rest[-1].data)["finish_reason"] == "stop"
+    assert len(provider.requests) == 1
+    assert reply.content == "".join(TOKENS)
+    assert "partial" not in reply.metadata
+
+
+async def test_a_detached_generation_nobody_resumes_stops_after_its_window():
+    gate = asyncio.Event()
+    provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
+    app = create_app(make_config(heartbeat=0.1))
+    app[ENGINE].add_provider(provider, "mock")
+    engine = app[ENGINE]
+    async with running(app, handler_cancellation=True) as url:
+        async with aiohttp.ClientSession() as session:
+            body = {"messages": USER, "options": {"detach": 0.3}}
+            resp = await session.post(f"{url}/v1/chat/stream", json=body)
+            events = await _first_events(resp, 3)
+            sid = json.loads(events[0].data)["stream_id"]
+            resp.close()
+            async with asyncio.timeout(10):
+                await provider.closed.wait()  # the window passed: the upstream is closed
+            resumed = await session.get(
+                f"{url}/v1/streams/{sid}", headers={"Last-Event-ID": f"{sid}:2"}
+            )
+            rest = Decoder().feed(await resumed.read())
+    assert [e.event for e in rest] == ["error"]
+    assert json.loads(rest[0].data)["type"] == "interrupted"
+    assert engine.generations.ended_state(sid) == "interrupted"
+
+
+async def test_detach_is_capped_and_checked(aiohttp_client):
+    client = await aiohttp_client(create_app(make_config(max_detach=5)))
+    bad = await client.post("/v1/chat/stream", json={"messages": USER, "options": {"detach": -1}})
+    assert bad.status == 422
+    assert "detach" in (await bad.json())["message"]
