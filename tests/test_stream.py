@@ -230,6 +230,11 @@ async def test_shutdown_sends_a_farewell_after_the_grace_period():
         await cleanup
     assert [e.event for e in events] == ["start", "error"]
     assert json.loads(events[-1].data)["type"] == "shutdown"
+    # A resumable stream's farewell has its id (a resume would replay it) and
+    # tells an EventSource to come back in a moment.
+    sid = json.loads(events[0].data)["stream_id"]
+    assert events[-1].id == f"{sid}:1"
+    assert events[-1].retry == 5000
     assert provider.closed.is_set()
 
 

@@ -13,8 +13,8 @@ from collections.abc import Mapping
 
 import msgspec
 
-from ..errors import EngineError, InvalidFields
-from ..sse import encode_json, encode_json_numbered, numbered_id_prefix
+from ..errors import EngineError, InvalidFields, ShuttingDown
+from ..sse import encode_json, encode_json_numbered, encode_retry, numbered_id_prefix
 from ..wire import (
     ChatRequest,
     Chunk,
@@ -28,7 +28,16 @@ from ..wire import (
 )
 from . import ErrorAnswer, retry_after_seconds
 
-__all__ = ["QUERY_FIELDS", "NativeFraming", "chat_request_from_query", "error_answer"]
+__all__ = [
+    "QUERY_FIELDS",
+    "SHUTDOWN_RETRY_MS",
+    "NativeFraming",
+    "chat_request_from_query",
+    "error_answer",
+]
+
+#: The reconnection delay a stream ended by a shutdown advises (ms): a restart's length.
+SHUTDOWN_RETRY_MS = 5000
 
 #: Query parameters of ``GET /v1/chat/stream`` that are not generation options.
 QUERY_FIELDS = frozenset({"q", "provider", "model", "parent", "parent_id"})
@@ -103,6 +112,13 @@ class NativeFraming:
         return encode_json(done, event="done", id=f"{self.stream_id}:{n + 1}")
 
     def error(self, exc: EngineError, n: int) -> bytes:
-        """The ``error`` event that ends a stream after ``n`` chunks (id ``<stream_id>:<n+1>``)."""
+        """The ``error`` event that ends a stream after ``n`` chunks (id ``<stream_id>:<n+1>``).
+
+        A shutdown's carries ``retry:`` advice: an EventSource reconnects after it,
+        to a server that is back (or to another worker) by then.
+        """
         body = ErrorEvent(message=exc.message, code=exc.status, type=exc.type)
-        return encode_json(body, event="error", id=f"{self.stream_id}:{n + 1}")
+        frame = encode_json(body, event="error", id=f"{self.stream_id}:{n + 1}")
+        if isinstance(exc, ShuttingDown):
+            frame = encode_retry(SHUTDOWN_RETRY_MS) + frame
+        return frame

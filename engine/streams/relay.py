@@ -234,6 +234,12 @@ async def relay(
                             if wait is not None:
                                 await wait
                     except asyncio.CancelledError:
+                        if log is not None and stream.interrupted == "shutdown" and _withdrawn():
+                            # A resumable stream ends with the shutdown error *and its id*,
+                            # alike on the wire and in the log, with advice to come back.
+                            raise ShuttingDown(
+                                "the server is restarting: reconnect in a moment"
+                            ) from None
                         if not _stop_requested(generation):
                             raise
                         stopped, finish_reason = True, "stopped"
@@ -253,7 +259,7 @@ async def relay(
                     await stream.finish(last)
                     how = "stopped" if stopped else "done"
                 except EngineError as exc:
-                    how = "failed"
+                    how = "interrupted" if isinstance(exc, ShuttingDown) else "failed"
                     if log is None:
                         raise  # the stream sends it, in its dialect's error frame
                     # Sent and logged alike, with its id: a resume replays it.
@@ -284,6 +290,11 @@ def _stop_requested(generation: Generation | None) -> bool:
     """True if this cancellation is a Stop (and only that): then it is withdrawn."""
     if generation is None or not generation.stopping:
         return False
+    return _withdrawn()
+
+
+def _withdrawn() -> bool:
+    """Withdraw the cancellation being handled; False if another one is pending too."""
     task = asyncio.current_task()
     return task is not None and task.uncancel() == 0
 
