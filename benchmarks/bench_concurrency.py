@@ -76,7 +76,7 @@ from .bench_latency import Fake, Gateway, fake_markdown, measure, run_client
 
 HEARTBEAT = 5.0
 IDLE_TARGET = "/v1/chat/stream?q=idle&max_tokens=3&token_size=16&interval_ms=60000"
-IDLE_FIRST_FRAMES = 3  # retry, start, the first chunk; then a minute of silence
+IDLE_FIRST_FRAMES = 2  # start, the first chunk; then a minute of silence
 INTERVAL_MS = 20  # the paced mock's
 STABLE_P99_MS = 50.0
 #: Relay ladder levels (full, quick), chunks per stream (quick, full), warm-up chunks.
@@ -102,7 +102,7 @@ def _warm(server: Server) -> None:
             "port": server.port,
             "pid": server.pid,
             "target": "/v1/chat/stream?q=warm&max_tokens=50&token_size=16&interval_ms=0",
-            "expected": 53,
+            "expected": 52,  # start, 50 chunks, done
             "clients": 20,
             "warmup": 0.3,
             "window": 0.3,
@@ -156,7 +156,7 @@ def paced(server: Server, clients: int, chunks: int) -> dict[str, Any]:
                 f"/v1/chat/stream?q=paced&max_tokens={chunks}&token_size=16"
                 f"&interval_ms={INTERVAL_MS}"
             ),
-            "expected": chunks + 3,
+            "expected": chunks + 2,  # start, chunks, done
             "clients": clients,
             "interval_ms": INTERVAL_MS,
             "pid": server.pid,

@@ -58,7 +58,7 @@ def main(quick: bool = False) -> dict[str, Any]:
                             "port": server.port,
                             "pid": server.pid,
                             "target": _target(max_tokens),
-                            "expected": max_tokens + 3,  # retry, start, chunks, done
+                            "expected": max_tokens + 2,  # start, chunks, done
                             "clients": clients,
                             "warmup": warmup,
                             "window": window,

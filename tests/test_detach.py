@@ -99,3 +99,38 @@ async def test_detach_is_capped_and_checked(aiohttp_client):
     bad = await client.post("/v1/chat/stream", json={"messages": USER, "options": {"detach": -1}})
     assert bad.status == 422
     assert "detach" in (await bad.json())["message"]
+
+
+@pytest.mark.parametrize("handler_cancellation", [False, True])
+async def test_a_follower_keeps_the_generation_going_when_the_first_reader_leaves(
+    handler_cancellation,
+):
+    """A reconnect that arrived while the old connection still looked alive: the old one then
+    drops, the new one reads on. The generation stops when its *last* reader leaves."""
+    gate = asyncio.Event()
+    provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
+    app = create_app(make_config(heartbeat=0.1))
+    app[ENGINE].add_provider(provider, "mock")
+    engine = app[ENGINE]
+    async with running(app, handler_cancellation=handler_cancellation) as url:
+        async with aiohttp.ClientSession() as session:
+            primary = await session.post(f"{url}/v1/chat/stream", json={"messages": USER})
+            events = await _first_events(primary, 3)
+            sid = json.loads(events[0].data)["stream_id"]
+            follower = await session.get(
+                f"{url}/v1/streams/{sid}", headers={"Last-Event-ID": f"{sid}:2"}
+            )
+            assert follower.status == 200
+            primary.close()
+            generation = engine.generations.get(sid)
+            assert generation is not None
+            # The first reader's loss is noticed (its stream detaches), the generation goes on.
+            async with asyncio.timeout(10):
+                while len(engine.supervisor) > 1:  # noqa: ASYNC110 - no event for "unregistered"
+                    await asyncio.sleep(0.02)
+            assert generation.state == "streaming"
+            gate.set()
+            rest = Decoder().feed(await follower.read())
+    assert [e.event for e in rest] == ["message"] * 4 + ["done"]
+    assert generation.state == "done"
+    assert len(provider.requests) == 1

@@ -65,7 +65,7 @@ async def chat_stream_post(request: web.Request) -> web.StreamResponse:
     if isinstance(opened, web.StreamResponse):
         return opened
     window = _detach_window(request.app[ENGINE], body)
-    return await (_detached(request, opened, window) if window else relay(*opened))
+    return await (relay(*opened) if window is None else _detached(request, opened, window))
 
 
 @routes.get("/v1/chat/stream")
@@ -78,25 +78,28 @@ async def chat_stream_get(request: web.Request) -> web.StreamResponse:
     if isinstance(opened, web.StreamResponse):
         return opened
     window = _detach_window(request.app[ENGINE], body)
-    return await (_detached(request, opened, window) if window else relay(*opened))
+    return await (relay(*opened) if window is None else _detached(request, opened, window))
 
 
-def _detach_window(engine: Engine, body: ChatRequest) -> float:
-    """Seconds the generation may outlive its readers: the request's, the server's default,
-    capped by ``max_detach``; 0 without a log to detach into."""
+def _detach_window(engine: Engine, body: ChatRequest) -> float | None:
+    """Seconds the generation may outlive its readers (the request's, else the server's
+    default, capped by ``max_detach``), or None for a stream kept for no resume."""
     if engine.registry is None:
-        return 0.0
+        return None
     asked = body.options.detach
     return min(engine.config.detach if asked is None else asked, engine.config.max_detach)
 
 
 async def _detached(request: web.Request, opened: _Opened, window: float) -> web.StreamResponse:
-    """Relay in a task the engine owns, so the generation outlives this handler.
+    """Relay in a task the engine owns, so the generation can outlive this handler.
 
-    aiohttp cancels a handler whose client left (``serve`` runs it that way);
-    here that cancels only the wait below. The stream detaches instead of
-    cancelling its producer, which goes on into the log until it finishes or
-    ``window`` seconds pass with no reader (engine.streams.generation).
+    Every resumable stream runs this way (a task and a shield more per stream;
+    one kept for no resume keeps the single-task path). aiohttp cancels a
+    handler whose client left (``serve`` runs it that way); here that cancels
+    only the wait below. The stream detaches instead of cancelling its
+    producer, which goes on into the log while anyone follows it (a resumed
+    reader), and ``window`` seconds more (``options.detach``; 0 by default:
+    the generation whose last reader left stops at once, as before).
     """
     engine = request.app[ENGINE]
     stream, generation, log = opened[0], opened[6], opened[5]
@@ -109,7 +112,18 @@ async def _detached(request: web.Request, opened: _Opened, window: float) -> web
     task = engine.spawn(relay(*opened))
     stream.set_owner(task)  # the server stopping still ends it
     generation.set_task(task)
-    return await asyncio.shield(task)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if task.cancelled() and current is not None and not current.cancelling():
+            # The generation was abandoned (nobody left to read it), not this handler.
+            return stream.response or web.Response(status=499)
+        # aiohttp cancels a handler when its client's connection is lost: say so
+        # now rather than at the supervisor's next tick (the upstream of a stream
+        # nobody follows is then closed at once, as on the single-task path).
+        stream.client_lost()
+        raise
 
 
 async def _open_stream(request: web.Request, body: ChatRequest) -> _Opened | web.StreamResponse:

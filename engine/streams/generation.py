@@ -125,7 +125,8 @@ async def watch_detached(generation: Generation, readers: Callable[[], int], win
     """
     loop = asyncio.get_running_loop()
     idle_since = loop.time()
-    tick = min(1.0, window / 4) if window > 0 else 0.0
+    # (With no window, still a tick: a follower's leaving is noticed within it.)
+    tick = min(1.0, window / 4) if window > 0 else 0.25
     while not generation.done:
         if readers():
             idle_since = loop.time()

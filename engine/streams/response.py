@@ -444,6 +444,11 @@ class EventStream:
         """The task to cancel when the server stops (a generation in a task of its own)."""
         self._owner = weakref.ref(task)
 
+    def client_lost(self) -> None:
+        """The client's connection is gone (its handler was cancelled): detach, or stop
+        the producer, now instead of at the supervisor's next tick."""
+        self._interrupt("disconnect")
+
     @property
     def detached(self) -> bool:
         """True once the client was lost and the producer goes on into the log."""
