@@ -102,11 +102,12 @@ async def test_detach_is_capped_and_checked(aiohttp_client):
 
 
 @pytest.mark.parametrize("handler_cancellation", [False, True])
-async def test_a_follower_keeps_the_generation_going_when_the_first_reader_leaves(
+async def test_a_follower_keeps_a_detached_generation_going_when_the_first_reader_leaves(
     handler_cancellation,
 ):
     """A reconnect that arrived while the old connection still looked alive: the old one then
-    drops, the new one reads on. The generation stops when its *last* reader leaves."""
+    drops, the new one reads on. A detached generation (even with a tiny window) stops when
+    its *last* reader leaves."""
     gate = asyncio.Event()
     provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
     app = create_app(make_config(heartbeat=0.1))
@@ -114,7 +115,8 @@ async def test_a_follower_keeps_the_generation_going_when_the_first_reader_leave
     engine = app[ENGINE]
     async with running(app, handler_cancellation=handler_cancellation) as url:
         async with aiohttp.ClientSession() as session:
-            primary = await session.post(f"{url}/v1/chat/stream", json={"messages": USER})
+            body = {"messages": USER, "options": {"detach": 0.01}}
+            primary = await session.post(f"{url}/v1/chat/stream", json=body)
             events = await _first_events(primary, 3)
             sid = json.loads(events[0].data)["stream_id"]
             follower = await session.get(

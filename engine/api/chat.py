@@ -65,7 +65,7 @@ async def chat_stream_post(request: web.Request) -> web.StreamResponse:
     if isinstance(opened, web.StreamResponse):
         return opened
     window = _detach_window(request.app[ENGINE], body)
-    return await (relay(*opened) if window is None else _detached(request, opened, window))
+    return await (_detached(request, opened, window) if window else relay(*opened))
 
 
 @routes.get("/v1/chat/stream")
@@ -78,7 +78,7 @@ async def chat_stream_get(request: web.Request) -> web.StreamResponse:
     if isinstance(opened, web.StreamResponse):
         return opened
     window = _detach_window(request.app[ENGINE], body)
-    return await (relay(*opened) if window is None else _detached(request, opened, window))
+    return await (_detached(request, opened, window) if window else relay(*opened))
 
 
 def _detach_window(engine: Engine, body: ChatRequest) -> float | None:
@@ -93,13 +93,13 @@ def _detach_window(engine: Engine, body: ChatRequest) -> float | None:
 async def _detached(request: web.Request, opened: _Opened, window: float) -> web.StreamResponse:
     """Relay in a task the engine owns, so the generation can outlive this handler.
 
-    Every resumable stream runs this way (a task and a shield more per stream;
-    one kept for no resume keeps the single-task path). aiohttp cancels a
-    handler whose client left (``serve`` runs it that way); here that cancels
-    only the wait below. The stream detaches instead of cancelling its
-    producer, which goes on into the log while anyone follows it (a resumed
-    reader), and ``window`` seconds more (``options.detach``; 0 by default:
-    the generation whose last reader left stops at once, as before).
+    Only streams that asked to (``options.detach``): a task and a shield per
+    stream cost set-up time and about 4 KiB per idle stream (benchmarks/NOTES.md),
+    so the others keep the single-task path. aiohttp cancels a handler whose
+    client left (``serve`` runs it that way); here that cancels only the wait
+    below. The stream detaches instead of cancelling its producer, which goes on
+    into the log while anyone follows it (a resumed reader), and ``window``
+    seconds more.
     """
     engine = request.app[ENGINE]
     stream, generation, log = opened[0], opened[6], opened[5]

@@ -36,13 +36,17 @@ _TRANSITIONS = {
 class Generation:
     """One relayed stream that can be stopped (see the module docstring)."""
 
-    __slots__ = ("_ended", "_task", "state", "stream_id")
+    __slots__ = ("_ended", "_task", "done", "state", "stream_id")
 
     def __init__(self, stream_id: str, task: asyncio.Task[Any]) -> None:
         self.stream_id = stream_id
         self._task = task
         self.state = "streaming"
-        self._ended = asyncio.Event()
+        #: True once the stream ended (any way).
+        self.done = False
+        # Made when someone waits (a Stop): an Event per stream would cost every
+        # idle stream a deque.
+        self._ended: asyncio.Future[None] | None = None
 
     def _move(self, state: str) -> None:
         if state not in _TRANSITIONS.get(self.state, ()):
@@ -71,17 +75,19 @@ class Generation:
         if self.state == "streaming":
             self._task.cancel()
 
-    @property
-    def done(self) -> bool:
-        return self._ended.is_set()
-
     def ended(self, how: str) -> None:
         """Record how the stream ended (the relay calls it once, on its way out)."""
         self._move(how)
-        self._ended.set()
+        self.done = True
+        if self._ended is not None and not self._ended.done():
+            self._ended.set_result(None)
 
     async def wait_ended(self) -> None:
-        await self._ended.wait()
+        if self.done:
+            return
+        if self._ended is None:
+            self._ended = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._ended)  # (shared: one waiter leaving must not cancel it)
 
 
 class Generations:
