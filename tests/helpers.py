@@ -13,7 +13,7 @@ from aiohttp import web
 from engine.client import iter_events
 from engine.config import Config
 from engine.providers.base import ChunkStream, Provider
-from engine.sse import ServerSentEvent
+from engine.sse import Decoder, ServerSentEvent
 from engine.wire import Chunk, Message, Options, Usage
 
 
@@ -25,6 +25,18 @@ def make_config(**overrides: Any) -> Config:
 
 async def read_events(response: aiohttp.ClientResponse) -> list[ServerSentEvent]:
     return [event async for event in iter_events(response)]
+
+
+async def read_until(
+    response: aiohttp.ClientResponse, count: int
+) -> tuple[list[ServerSentEvent], Decoder]:
+    """At least ``count`` events of a stream still open, and the decoder to read on with."""
+    decoder, events = Decoder(), []
+    while len(events) < count:
+        data = await response.content.readany()
+        assert data, f"the stream ended after {events!r}"
+        events += decoder.feed(data)
+    return events, decoder
 
 
 class ScriptedProvider(Provider):

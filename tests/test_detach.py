@@ -12,19 +12,10 @@ from engine import create_app
 from engine.app import ENGINE
 from engine.sse import Decoder
 
-from .helpers import ScriptedProvider, make_config, running
+from .helpers import ScriptedProvider, make_config, read_until, running
 
 USER = [{"role": "user", "content": "hi"}]
 TOKENS = [f"t{i} " for i in range(6)]
-
-
-async def _first_events(resp, count):
-    decoder, events = Decoder(), []
-    while len(events) < count:
-        data = await resp.content.readany()
-        assert data
-        events += decoder.feed(data)
-    return events
 
 
 @pytest.mark.parametrize("handler_cancellation", [False, True])
@@ -42,7 +33,7 @@ async def test_a_detached_generation_goes_on_and_a_resume_gets_the_rest(handler_
     async with running(app, handler_cancellation=handler_cancellation) as url:
         async with aiohttp.ClientSession() as session:
             resp = await session.post(f"{url}/v1/chat/stream", json=body)
-            events = await _first_events(resp, 3)
+            events, _ = await read_until(resp, 3)
             sid = json.loads(events[0].data)["stream_id"]
             resp.close()  # the tab lost its connection
             # The generation goes on: its client is gone, its upstream is not.
@@ -80,7 +71,7 @@ async def test_a_detached_generation_nobody_resumes_stops_after_its_window():
         async with aiohttp.ClientSession() as session:
             body = {"messages": USER, "options": {"detach": 0.3}}
             resp = await session.post(f"{url}/v1/chat/stream", json=body)
-            events = await _first_events(resp, 3)
+            events, _ = await read_until(resp, 3)
             sid = json.loads(events[0].data)["stream_id"]
             resp.close()
             async with asyncio.timeout(10):
@@ -117,7 +108,7 @@ async def test_a_follower_keeps_a_detached_generation_going_when_the_first_reade
         async with aiohttp.ClientSession() as session:
             body = {"messages": USER, "options": {"detach": 0.01}}
             primary = await session.post(f"{url}/v1/chat/stream", json=body)
-            events = await _first_events(primary, 3)
+            events, _ = await read_until(primary, 3)
             sid = json.loads(events[0].data)["stream_id"]
             follower = await session.get(
                 f"{url}/v1/streams/{sid}", headers={"Last-Event-ID": f"{sid}:2"}

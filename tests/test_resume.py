@@ -13,7 +13,7 @@ from engine.errors import UpstreamError
 from engine.sse import Decoder
 from engine.streams.log import Registry
 
-from .helpers import ScriptedProvider, make_config
+from .helpers import ScriptedProvider, make_config, read_until
 
 USER = [{"role": "user", "content": "hi"}]
 TOKENS = [f"t{i} " for i in range(10)]
@@ -146,10 +146,7 @@ async def test_readers_follow_a_live_stream_each_from_its_position(gateway):
     provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
     client = await gateway(provider)
     primary = await client.post("/v1/chat/stream", json={"messages": USER})
-    decoder = Decoder()
-    events = []
-    while len(events) < 3:  # start and the two chunks before the gate
-        events += decoder.feed(await primary.content.readany())
+    events, _ = await read_until(primary, 3)  # start and the two chunks before the gate
     sid = json.loads(events[0].data)["stream_id"]
     followers = [
         await client.get(f"/v1/streams/{sid}", headers={"Last-Event-ID": f"{sid}:{n}"})
@@ -184,10 +181,7 @@ async def test_a_stream_whose_client_left_ends_its_log_with_interrupted(gateway)
     provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
     client = await gateway(provider)
     primary = await client.post("/v1/chat/stream", json={"messages": USER})
-    decoder = Decoder()
-    events = []
-    while len(events) < 3:
-        events += decoder.feed(await primary.content.readany())
+    events, _ = await read_until(primary, 3)
     sid = json.loads(events[0].data)["stream_id"]
     primary.close()
     async with asyncio.timeout(10):

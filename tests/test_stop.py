@@ -11,7 +11,7 @@ from engine import create_app
 from engine.app import ENGINE
 from engine.sse import Decoder
 
-from .helpers import ScriptedProvider, make_config
+from .helpers import ScriptedProvider, make_config, read_until
 
 USER = [{"role": "user", "content": "hi"}]
 SESSION = {"parent": "Chat", "id": "stop"}
@@ -28,19 +28,10 @@ async def held(aiohttp_client):
     return client, provider, gate, app[ENGINE]
 
 
-async def _until(resp, count):
-    decoder, events = Decoder(), []
-    while len(events) < count:
-        data = await resp.content.readany()
-        assert data, f"the stream ended after {events!r}"
-        events += decoder.feed(data)
-    return events, decoder
-
-
 async def test_stop_ends_a_native_stream_with_done_stopped_and_keeps_the_partial_reply(held):
     client, provider, gate, engine = held
     resp = await client.post("/v1/chat/stream", json={"messages": USER, "session": SESSION})
-    events, decoder = await _until(resp, 3)  # start, t0, t1; the provider now waits
+    events, decoder = await read_until(resp, 3)  # start, t0, t1; the provider now waits
     sid = json.loads(events[0].data)["stream_id"]
     follower = await client.get(f"/v1/streams/{sid}", headers={"Last-Event-ID": f"{sid}:1"})
 
@@ -76,7 +67,7 @@ async def test_stop_ends_an_openai_stream_with_its_normal_end(held):
     resp = await client.post("/v1/chat/completions", json=body)
     sid = resp.headers["X-Stream-Id"]
     assert sid.startswith("chatcmpl-")
-    await _until(resp, 3)  # role, t0, t1
+    await read_until(resp, 3)  # role, t0, t1
     stop = await client.post(f"/v1/streams/{sid}/stop")
     assert (await stop.json())["state"] == "stopped"
     events = Decoder().feed(await resp.read())
@@ -101,7 +92,7 @@ async def test_stop_of_a_finished_stream_says_how_it_ended_and_an_unknown_one_is
 async def test_a_disconnect_is_not_a_stop(held):
     client, provider, gate, engine = held
     resp = await client.post("/v1/chat/stream", json={"messages": USER, "session": SESSION})
-    events, _ = await _until(resp, 3)
+    events, _ = await read_until(resp, 3)
     sid = json.loads(events[0].data)["stream_id"]
     resp.close()
     async with asyncio.timeout(10):

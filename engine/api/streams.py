@@ -50,6 +50,11 @@ _EVENT_ID = re.compile(r"([A-Za-z0-9_-]{1,128}):([0-9]{1,18})")
 _STREAM_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
+def _shown(stream_id: str) -> str:
+    """A client-given stream id as an error message may quote it (ours whole, junk cut)."""
+    return stream_id if _STREAM_ID.fullmatch(stream_id) else stream_id[:64]
+
+
 def _last_event_id(request: web.Request) -> tuple[str, int] | None:
     """The (stream id, n) the client saw last, or None. Raises BadRequest when malformed."""
     value = request.headers.get(LAST_EVENT_ID)
@@ -89,9 +94,7 @@ async def resume(request: web.Request, stream_id: str | None) -> web.StreamRespo
     log = registry.get(stream_id) if registry is not None else None
     if log is None:
         why = "is unknown or expired" if registry is not None else "cannot be resumed (resume off)"
-        if not _STREAM_ID.fullmatch(stream_id):
-            stream_id = stream_id[:64]
-        raise StreamNotFound(f"the stream {stream_id!r} {why}")
+        raise StreamNotFound(f"the stream {_shown(stream_id)!r} {why}")
     after = -1 if seen is None else seen[1]
     if after > log.next - 1:
         raise BadRequest(
@@ -134,8 +137,7 @@ async def stream_stop(request: web.Request) -> web.Response:
         if state is None and log is not None and log.ended:
             state = "ended"
         if state is None:
-            shown = stream_id if _STREAM_ID.fullmatch(stream_id) else stream_id[:64]
-            raise StreamNotFound(f"the stream {shown!r} is unknown or expired")
+            raise StreamNotFound(f"the stream {_shown(stream_id)!r} is unknown or expired")
     return json_response({"stream_id": stream_id, "state": state})
 
 

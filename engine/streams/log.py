@@ -115,13 +115,7 @@ class StreamLog:
             ends = accumulate(map(len, frames), initial=end)
             next(ends)  # (the initial value: where the burst begins)
             self._ends.extend(ends)
-        if self._registry is not None:
-            self._registry.size += len(data)
-        if len(buf) > self._max_bytes:
-            self._trim(self._max_bytes * 3 // 4)
-        if self._waiter is not None and not self._waking:
-            self._waking = True
-            asyncio.get_running_loop().call_soon(self._wake)
+        self._added(len(data))
 
     def _added(self, added: int) -> None:
         if self._registry is not None:

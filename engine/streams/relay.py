@@ -149,6 +149,14 @@ class _Reply:
     def truncated(self) -> bool:
         return self.room < 0
 
+    def metadata(self, stream_id: str, partial: str | None) -> dict[str, Any]:
+        """The stored reply's metadata; ``partial`` is why it did not finish, if it did not."""
+        metadata: dict[str, Any] = {"partial": True, "reason": partial} if partial else {}
+        metadata["stream_id"] = stream_id
+        if self.truncated:
+            metadata["truncated"] = True
+        return metadata
+
     def text_shown(self, unsent: int) -> str:
         """The kept text less the last ``unsent`` frames (framed, never written)."""
         seen = self.seen
@@ -246,11 +254,7 @@ async def relay(
                         await chunks.aclose()  # the upstream is closed now, not after the rest
                     await stream.flush()
                     if memory is not None:
-                        metadata: dict[str, Any] = {"stream_id": stream_id}
-                        if stopped:
-                            metadata = {"partial": True, "reason": "stopped", **metadata}
-                        if reply.truncated:
-                            metadata["truncated"] = True
+                        metadata = reply.metadata(stream_id, "stopped" if stopped else None)
                         await memory.store_reply("".join(reply.seen), metadata)
                         memory = None
                     last = framing.finish(finish_reason, usage, n)
@@ -303,10 +307,7 @@ async def _store_partial(
     memory: ReplyMemory, reply: _Reply, stream: EventStream, stream_id: str
 ) -> None:
     """Keep what the user saw of a reply that did not finish (USERS-ASK 5)."""
-    metadata: dict[str, Any] = {"partial": True, "reason": stream.end_reason}
-    metadata["stream_id"] = stream_id
-    if reply.truncated:
-        metadata["truncated"] = True
+    metadata = reply.metadata(stream_id, stream.end_reason)
     try:
         await memory.store_reply(reply.text_shown(stream.queued), metadata)
     except StoreUnavailable:
