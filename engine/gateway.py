@@ -197,6 +197,9 @@ class Engine:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
+        # Generations still live: detached ones run in handler tasks that no
+        # connection holds any more (a resumed reader kept them going).
+        tasks += self.generations.abandon_all()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.supervisor.aclose()

@@ -184,7 +184,7 @@ class _HeadClock:
 class _RequestHandler(web.RequestHandler):
     """aiohttp's protocol with a request-head deadline and quiet, JSON protocol errors."""
 
-    __slots__ = ("_bad_requests", "_heads")
+    __slots__ = ("_bad_requests", "_heads", "_on_lost")
 
     def __init__(
         self,
@@ -197,6 +197,17 @@ class _RequestHandler(web.RequestHandler):
         super().__init__(manager, **kwargs)
         self._heads = heads
         self._bad_requests = bad_requests
+        self._on_lost: Callable[[], None] | None = None
+
+    def keep_handler(self, on_lost: Callable[[], None] | None) -> None:
+        """While set, a lost connection calls ``on_lost()`` instead of cancelling the handler.
+
+        ``handler_cancellation`` cancels the handler of a lost connection, and with
+        it the generation it relays; a stream that a resumed reader follows (or
+        that asked to detach) must go on without its client
+        (:meth:`EventStream.detachable`).
+        """
+        self._on_lost = on_lost
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -220,7 +231,12 @@ class _RequestHandler(web.RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._heads.since.pop(self, None)
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            self._task_handler = None  # private aiohttp API: then it cancels nothing
         super().connection_lost(exc)
+        if on_lost is not None:
+            on_lost()
 
     def _head_timed_out(self) -> None:
         waiter = self._waiter  # private aiohttp API

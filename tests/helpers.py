@@ -104,13 +104,23 @@ class ScriptedProvider(Provider):
 
 
 @contextlib.asynccontextmanager
-async def running(app: web.Application, *, handler_cancellation: bool) -> AsyncIterator[str]:
+async def running(
+    app: web.Application, *, handler_cancellation: bool | str
+) -> AsyncIterator[str]:
     """Serve ``app`` on 127.0.0.1 (an ephemeral port); yield its base URL.
 
     aiohttp's own test server always cancels handlers on disconnect; an app
     mounted in someone else's server may not, so the tests need both.
+    ``"serve"``: the server ``sse-engine serve`` runs (handlers cancelled,
+    unless a stream says it may outlive its client).
     """
-    runner = web.AppRunner(app, handler_cancellation=handler_cancellation)
+    runner: web.AppRunner
+    if handler_cancellation == "serve":
+        from engine.server import GatewayRunner
+
+        runner = GatewayRunner(app, handler_cancellation=True, header_timeout=10)
+    else:
+        runner = web.AppRunner(app, handler_cancellation=bool(handler_cancellation))
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -22,7 +22,7 @@ from ..memory.history import ChatMemory, attach
 from ..middleware import SERVER_HEADER, expect_handler
 from ..providers import ChunkStream, Provider
 from ..streams import EventStream
-from ..streams.generation import Generation, Generations, watch_detached
+from ..streams.generation import Generation, Generations, outlive_client
 from ..streams.log import StreamLog
 from ..streams.relay import open_upstream, relay
 from ..wire import ChatRequest, Message, Options, Reply
@@ -109,11 +109,7 @@ async def _detached(request: web.Request, opened: _Opened, window: float) -> web
     engine = request.app[ENGINE]
     stream, generation, log = opened[0], opened[6], opened[5]
     assert log is not None
-
-    def on_detach() -> None:
-        engine.spawn(watch_detached(generation, lambda: log.readers, window))
-
-    stream.detachable(on_detach)
+    outlive_client(generation, lambda: log.readers, window, engine.spawn)
     task = engine.spawn(relay(*opened))
     stream.set_owner(task)  # the server stopping still ends it
     generation.set_task(task)
@@ -155,7 +151,7 @@ async def _open_stream(request: web.Request, body: ChatRequest) -> _Opened | web
     sid = uuid.uuid4().hex
     log = engine.registry.open(sid) if engine.registry is not None else None
     framing = NativeFraming(sid, provider.name, chunks.model)
-    generation = engine.generations.start(sid)
+    generation = engine.generations.start(sid, stream)
     return stream, chunks, framing, memory, sid, log, generation, engine.generations
 
 

@@ -35,6 +35,7 @@ from ..errors import BadRequest, ResumeGap, StreamNotFound
 from ..gateway import ENGINE
 from ..middleware import SERVER_HEADER
 from ..streams import EventStream
+from ..streams.generation import outlive_client
 from ..streams.log import StreamLog
 from ._io import json_response
 
@@ -151,8 +152,15 @@ def _check_held(log: StreamLog, after: int) -> None:
 
 async def _follow(request: web.Request, log: StreamLog, after: int) -> web.StreamResponse:
     """Replay what the log holds after ``after`` in one write, then follow it live to its end."""
-    stream = request.app[ENGINE].sse(request, Server=SERVER_HEADER)
+    engine = request.app[ENGINE]
+    stream = engine.sse(request, Server=SERVER_HEADER)
     log.readers += 1
+    generation = engine.generations.get(log.stream_id)
+    if generation is not None:
+        # From now on the generation ends when its last reader leaves, not
+        # when its first connection does (a reconnect before the old
+        # connection is noticed dead must not be cut off with it).
+        outlive_client(generation, lambda: log.readers, 0, engine.spawn)
     try:
         return await _follow_in(stream, log, after)
     finally:

@@ -1,7 +1,8 @@
 """Live generations by stream id, so one can be stopped on purpose: :class:`Generations`.
 
-"Stop" is not "disconnect" (USERS-ASK 3, 12): a client that leaves cancels its
-generation as before; ``POST /v1/streams/{id}/stop`` ends it deliberately, and
+"Stop" is not "disconnect" (USERS-ASK 3, 12): the last reader that leaves
+cancels its generation, as before (a stream with no resumed reader: its own
+client; see :func:`outlive_client`); ``POST /v1/streams/{id}/stop`` ends it deliberately, and
 its readers get the stream's normal end with ``finish_reason: "stopped"``, the
 partial reply is stored with ``reason: "stopped"``. A :class:`Generation` is
 the handle: its task (the one relaying) and an explicit state.
@@ -18,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["Generation", "Generations", "watch_detached"]
+if TYPE_CHECKING:
+    from .response import EventStream
+
+__all__ = ["Generation", "Generations", "outlive_client", "watch_detached"]
 
 #: Ended generations remembered, so a late Stop learns how the stream ended.
 MAX_ENDED = 10_000
@@ -36,11 +40,15 @@ _TRANSITIONS = {
 class Generation:
     """One relayed stream that can be stopped (see the module docstring)."""
 
-    __slots__ = ("_ended", "_task", "done", "state", "stream_id")
+    __slots__ = ("_ended", "_task", "done", "state", "stream", "stream_id")
 
-    def __init__(self, stream_id: str, task: asyncio.Task[Any]) -> None:
+    def __init__(
+        self, stream_id: str, task: asyncio.Task[Any], stream: EventStream | None = None
+    ) -> None:
         self.stream_id = stream_id
         self._task = task
+        #: The connection it writes to first (a resumed reader may make it outlive it).
+        self.stream = stream
         self.state = "streaming"
         #: True once the stream ended (any way).
         self.done = False
@@ -100,11 +108,11 @@ class Generations:
     def __len__(self) -> int:
         return len(self._live)
 
-    def start(self, stream_id: str) -> Generation:
-        """Register the current task as generating ``stream_id``."""
+    def start(self, stream_id: str, stream: EventStream | None = None) -> Generation:
+        """Register the current task as generating ``stream_id`` (first to ``stream``)."""
         task = asyncio.current_task()
         assert task is not None
-        generation = Generation(stream_id, task)
+        generation = Generation(stream_id, task, stream)
         self._live[stream_id] = generation
         return generation
 
@@ -117,6 +125,13 @@ class Generations:
 
     def get(self, stream_id: str) -> Generation | None:
         return self._live.get(stream_id)
+
+    def abandon_all(self) -> list[asyncio.Task[Any]]:
+        """Cancel every live generation (the engine is closing); their tasks, to await."""
+        live = list(self._live.values())
+        for generation in live:
+            generation.abandon()
+        return [generation._task for generation in live]
 
     def ended_state(self, stream_id: str) -> str | None:
         """How a recently ended stream ended, or None if unknown."""
@@ -142,3 +157,27 @@ async def watch_detached(generation: Generation, readers: Callable[[], int], win
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(tick):
                 await generation.wait_ended()
+
+
+def outlive_client(
+    generation: Generation,
+    readers: Callable[[], int],
+    window: float,
+    spawn: Callable[[Coroutine[Any, Any, None]], object],
+) -> None:
+    """Let ``generation`` outlive the client of its first connection.
+
+    Once that client is lost, the generation goes on into the log while
+    ``readers()`` is above 0, and ``window`` seconds more (``spawn`` runs the
+    watch). Two callers: a request that asked to detach (its window), and a
+    resume that follows a live stream (window 0: the last reader to leave ends
+    the generation, whichever connection it was).
+    """
+    stream = generation.stream
+    if stream is None or stream.is_detachable:
+        return
+
+    def on_detach() -> None:
+        spawn(watch_detached(generation, readers, window))
+
+    stream.detachable(on_detach)

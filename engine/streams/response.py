@@ -315,6 +315,10 @@ class EventStream:
         if self._supervisor is not None:
             self._supervisor.unregister(self)
         self._closed = True
+        if self._on_detach is not None and not self._detached:
+            keep = getattr(self._request.protocol, "keep_handler", None)
+            if keep is not None:
+                keep(None)  # the connection's next request is cancellable again
 
     # -- writing ---------------------------------------------------------------
 
@@ -437,8 +441,20 @@ class EventStream:
 
         From then on every write succeeds and goes nowhere but the log; heartbeats
         stop; ``on_detach()`` is called once, when it happens.
+
+        A server that cancels the handler of a lost connection would cancel the
+        producer with it; ours (:mod:`engine.server`) asks the stream first
+        (``keep_handler``), and a stream that may detach says no.
         """
         self._on_detach = on_detach
+        keep = getattr(self._request.protocol, "keep_handler", None)
+        if keep is not None and not self._closed:
+            keep(self.client_lost)
+
+    @property
+    def is_detachable(self) -> bool:
+        """True once :meth:`detachable` was called."""
+        return self._on_detach is not None
 
     def set_owner(self, task: asyncio.Task[Any]) -> None:
         """The task to cancel when the server stops (a generation in a task of its own)."""
