@@ -104,9 +104,7 @@ class ScriptedProvider(Provider):
 
 
 @contextlib.asynccontextmanager
-async def running(
-    app: web.Application, *, handler_cancellation: bool | str
-) -> AsyncIterator[str]:
+async def running(app: web.Application, *, handler_cancellation: bool | str) -> AsyncIterator[str]:
     """Serve ``app`` on 127.0.0.1 (an ephemeral port); yield its base URL.
 
     aiohttp's own test server always cancels handlers on disconnect; an app
