@@ -61,6 +61,7 @@ __all__ = [
     "ShuttingDown",
     "StoreUnavailable",
     "UnknownProvider",
+    "UnsupportedField",
     "UnsupportedMediaType",
     "UpstreamAuthError",
     "UpstreamBadRequest",
@@ -182,6 +183,23 @@ class InvalidFields(EngineError):
 
     status = 422
     type = "invalid_fields"
+
+
+class UnsupportedField(BadRequest):
+    """Raised when a request sets a field the chosen provider has no equivalent for.
+
+    The rule on every endpoint: a field is carried to the provider in its own
+    form, or refused by name; never dropped silently. ``field`` is the request
+    field (``seed``, ``logprobs``, ``messages[2].content[1]``), for the
+    dialects that report it separately (OpenAI's ``param``).
+    """
+
+    status = 400
+    type = "unsupported_field"
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class ProviderNotConfigured(EngineError):

@@ -8,6 +8,7 @@ field out is part of the format (``usage`` appears on the last chunk alone).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -15,21 +16,36 @@ from msgspec import Meta, Struct
 
 __all__ = [
     "MAX_JSON_DEPTH",
+    "AudioPart",
     "ChatRequest",
+    "ENGINE_OPTIONS",
     "Chunk",
     "DoneEvent",
     "ErrorEvent",
+    "FunctionCall",
+    "ImagePart",
+    "ImageURL",
+    "InputAudio",
+    "JSONObjectFormat",
+    "JSONSchema",
+    "JSONSchemaFormat",
     "Message",
     "Options",
+    "Part",
     "Reply",
+    "ResponseFormat",
     "Role",
     "SessionRef",
     "StartEvent",
+    "TextFormat",
+    "TextPart",
+    "ToolCall",
     "Usage",
+    "check_tool_results",
     "json_depth",
 ]
 
-Role = Literal["system", "user", "assistant"]
+Role = Literal["system", "user", "assistant", "tool"]
 
 #: Deepest nesting of free-form JSON a request may carry (tool schemas, memory
 #: metadata). Real JSON Schemas stay far below it; what a store or provider
@@ -63,11 +79,148 @@ def json_depth(value: object) -> int:
 ParentKey = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 
-class Message(Struct, kw_only=True):
-    """One message of a conversation, in the order it was said."""
+# -- messages: text, content parts, tool calls and tool results ---------------------
+#
+# The engine's own form is OpenAI Chat Completions' (the format most clients
+# speak), so the OpenAI adapter sends it as is and every other provider maps it
+# explicitly onto its own body: a field added here cannot reach an upstream
+# payload by accident.
+
+#: What an image part's URL may be: a web address the provider fetches, or the
+#: image itself (``data:image/png;base64,...``).
+_IMAGE_URL = re.compile(r"(https?://\S+|data:image/[a-z0-9.+-]+;base64,[A-Za-z0-9+/=\s]*)\Z", re.I)
+_DATA_URL = re.compile(r"data:([^;,]+);base64,(.*)\Z", re.S)
+
+
+class TextPart(Struct, kw_only=True, tag_field="type", tag="text", forbid_unknown_fields=True):
+    """``{"type": "text", "text": ...}``."""
+
+    text: str
+
+
+class ImageURL(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    url: str
+    detail: Literal["auto", "low", "high"] | None = None
+
+    def __post_init__(self) -> None:
+        if not _IMAGE_URL.match(self.url):
+            raise ValueError(
+                "`url` must be an http(s) URL or a data:image/...;base64, URL, "
+                f"not {self.url[:40]!r}"
+            )
+
+    def data(self) -> tuple[str, str] | None:
+        """``(media type, base64 data)`` of a ``data:`` URL, or None for a web address."""
+        match = _DATA_URL.match(self.url)
+        return (match.group(1), match.group(2)) if match else None
+
+
+class ImagePart(
+    Struct, kw_only=True, tag_field="type", tag="image_url", forbid_unknown_fields=True
+):
+    """``{"type": "image_url", "image_url": {"url": ..., "detail"?: ...}}``."""
+
+    image_url: ImageURL
+
+
+class InputAudio(Struct, kw_only=True, forbid_unknown_fields=True):
+    data: str  # base64
+    format: Literal["wav", "mp3"]
+
+
+class AudioPart(
+    Struct, kw_only=True, tag_field="type", tag="input_audio", forbid_unknown_fields=True
+):
+    """``{"type": "input_audio", "input_audio": {"data": ..., "format": "wav"|"mp3"}}``."""
+
+    input_audio: InputAudio
+
+
+Part = TextPart | ImagePart | AudioPart
+
+
+class FunctionCall(Struct, kw_only=True, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1)]
+    #: The arguments as the model wrote them: a JSON text, not parsed.
+    arguments: str
+
+
+class ToolCall(Struct, kw_only=True, forbid_unknown_fields=True):
+    """One tool call of an assistant message (OpenAI's shape)."""
+
+    id: Annotated[str, Meta(min_length=1)]
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
+class Message(Struct, kw_only=True, omit_defaults=True):
+    """One message of a conversation, in the order it was said.
+
+    ``content`` is text, or a list of parts (text, images, audio) on user
+    messages; an assistant message may carry ``tool_calls`` (its content then
+    may be None), and a ``tool`` message answers one of them by
+    ``tool_call_id``. Shapes are OpenAI Chat Completions' (see above).
+    """
 
     role: Role
-    content: str
+    content: str | list[Part] | None = None
+    tool_calls: Annotated[list[ToolCall], Meta(min_length=1)] | None = None
+    tool_call_id: Annotated[str, Meta(min_length=1)] | None = None
+
+    def __post_init__(self) -> None:
+        # Each message starts with what it is about (msgspec adds the path).
+        role, content = self.role, self.content
+        if self.tool_calls is not None and role != "assistant":
+            raise ValueError(f"`tool_calls` belong to assistant messages, not {role!r} ones")
+        if role == "tool":
+            if self.tool_call_id is None:
+                raise ValueError("a `tool` message needs the `tool_call_id` it answers")
+        elif self.tool_call_id is not None:
+            raise ValueError(f"`tool_call_id` belongs to tool messages, not {role!r} ones")
+        if content is None:
+            if role != "assistant" or self.tool_calls is None:
+                raise ValueError(f"a {role!r} message needs `content`")
+        elif not isinstance(content, str):
+            if role == "user":
+                return
+            if any(not isinstance(part, TextPart) for part in content):
+                raise ValueError(f"only user messages may carry images or audio, not {role!r} ones")
+
+    @property
+    def text(self) -> str:
+        """The message's text: its content, or its text parts joined by newlines."""
+        content = self.content
+        if content is None:
+            return ""
+        if isinstance(content, str):
+            return content
+        return "\n".join(part.text for part in content if isinstance(part, TextPart))
+
+    @property
+    def parts(self) -> list[Part]:
+        """The content as parts (a text content is one text part; none is none)."""
+        content = self.content
+        if content is None:
+            return []
+        return [TextPart(text=content)] if isinstance(content, str) else content
+
+
+def check_tool_results(messages: list[Message]) -> None:
+    """Raise ValueError unless every ``tool`` message answers a tool call made before it.
+
+    A result for an id no assistant message called is a client's bug that every
+    provider would answer differently (OpenAI 400s, others guess): refused here,
+    once, with the message's index.
+    """
+    called: set[str] = set()
+    for index, message in enumerate(messages):
+        if message.tool_calls:
+            called.update(call.id for call in message.tool_calls)
+        elif message.role == "tool" and message.tool_call_id not in called:
+            raise ValueError(
+                f"the tool message at `messages[{index}]` answers `tool_call_id` "
+                f"{message.tool_call_id!r}, which no earlier assistant message called"
+            )
 
 
 class Usage(Struct, kw_only=True):
@@ -116,6 +269,44 @@ MAX_HISTORY = 10_000
 StopList = Annotated[list[Annotated[str, Meta(min_length=1)]], Meta(max_length=16)]
 
 
+class JSONSchema(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=True):
+    """``response_format.json_schema``: a named JSON Schema the reply must follow."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+    #: A JSON Schema; an object (its contents are the upstream's business).
+    schema: dict[str, Any] = msgspec.field(default_factory=dict)
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextFormat(Struct, kw_only=True, tag_field="type", tag="text", forbid_unknown_fields=True):
+    """``{"type": "text"}``: prose, the default."""
+
+
+class JSONObjectFormat(
+    Struct, kw_only=True, tag_field="type", tag="json_object", forbid_unknown_fields=True
+):
+    """``{"type": "json_object"}``: any JSON object (JSON mode)."""
+
+
+class JSONSchemaFormat(
+    Struct, kw_only=True, tag_field="type", tag="json_schema", forbid_unknown_fields=True
+):
+    """``{"type": "json_schema", "json_schema": {...}}``: structured output."""
+
+    json_schema: JSONSchema
+
+
+ResponseFormat = TextFormat | JSONObjectFormat | JSONSchemaFormat
+
+Penalty = Annotated[float, Meta(ge=-2, le=2)]
+LogitBias = Annotated[dict[str, Annotated[int, Meta(ge=-100, le=100)]], Meta(max_length=1024)]
+
+#: Options that only the engine reads (the mock's shape, memory, detach): never
+#: a provider's business, so no provider refuses them.
+ENGINE_OPTIONS = frozenset({"interval_ms", "token_size", "max_history", "detach"})
+
+
 class Options(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """Per-request generation options. Unknown names are rejected (422), not ignored.
 
@@ -142,8 +333,31 @@ class Options(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=Tr
     detach: Annotated[float, Meta(ge=0, le=86_400)] | None = None
     tools: Annotated[list[dict[str, Any]], Meta(max_length=128)] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    seed: int | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: (
+        Annotated[dict[str, Annotated[int, Meta(ge=-100, le=100)]], Meta(max_length=1024)] | None
+    ) = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    #: An end-user id for the provider's abuse monitoring; it cannot change the answer.
+    user: Annotated[str, Meta(max_length=256)] | None = None
+
+    def set_fields(self) -> list[str]:
+        """The names of the options this request set (not None), in declaration order."""
+        return [name for name in self.__struct_fields__ if getattr(self, name) is not None]
 
     def __post_init__(self) -> None:
+        if self.response_format is not None and isinstance(self.response_format, JSONSchemaFormat):
+            schema = self.response_format.json_schema.schema
+            if json_depth(schema) > MAX_JSON_DEPTH:
+                raise ValueError(f"`response_format` is nested deeper than {MAX_JSON_DEPTH} levels")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("`top_logprobs` needs `logprobs: true`")
         # Raised as ValueError, which msgspec reports as a ValidationError (422)
         # when decoding; each message starts with the field it is about.
         names: set[str] = set()

@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from ..errors import EngineError, InvalidFields
+from ..errors import EngineError, InvalidFields, UnsupportedField
 from ..sse import encode, encode_json
 from ..wire import Chunk, Message, Options, Role, Usage
 from . import ErrorAnswer, retry_after_seconds
@@ -212,8 +212,10 @@ def openai_error(exc: EngineError) -> tuple[int, ErrorBody]:
     """
     status = _STATUS.get(exc.status, exc.status)
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    match = _PARAM.search(exc.message)
-    param = (match.group(1) or match.group(2)) if match else None
+    param = exc.field if isinstance(exc, UnsupportedField) else None
+    if param is None:
+        match = _PARAM.search(exc.message)
+        param = (match.group(1) or match.group(2)) if match else None
     code = _CODES.get(exc.type, exc.type)
     detail = ErrorDetail(message=exc.message, type=kind, param=param, code=code)
     return status, ErrorBody(error=detail)

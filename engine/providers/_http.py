@@ -640,9 +640,9 @@ class HTTPProvider(Provider):
         options: Options | None = None,
     ) -> ChunkStream:
         model = model or self.default_model
-        url, params, headers, body = self.request(
-            messages, model, options or Options(), stream=True
-        )
+        options = options or Options()
+        self.check_options(options)
+        url, params, headers, body = self.request(messages, model, options, stream=True)
         resp = await self.http.post(url, body, headers=headers, params=params)
         return ChunkStream(
             self._chunks(resp, self.parser(model)),
@@ -711,9 +711,9 @@ class HTTPProvider(Provider):
     ) -> Reply:
         """One non-streaming upstream call (``stream: false`` or its equivalent)."""
         model = model or self.default_model
-        url, params, headers, body = self.request(
-            messages, model, to_options(options, extra), stream=False
-        )
+        options = to_options(options, extra)
+        self.check_options(options)
+        url, params, headers, body = self.request(messages, model, options, stream=False)
         data = await self.http.post_json(url, body, headers=headers, params=params)
         # A reply can hold an error too (Gemini's 200 with an "error" object).
         with translate_errors(self.http.secrets, provider=self.name):

@@ -238,13 +238,14 @@ class AnthropicProvider(HTTPProvider):
 
     name = "anthropic"
     key_env = "ANTHROPIC_API_KEY"
+    carries = frozenset({"max_tokens", "temperature", "top_p", "stop", "tools", "tool_choice"})
     default_base_url = "https://api.anthropic.com"
 
     def request(
         self, messages: Sequence[Message], model: str, options: Options, *, stream: bool
     ) -> tuple[str, dict[str, str], dict[str, str], bytes]:
         headers = {"x-api-key": self.http.api_key, "anthropic-version": ANTHROPIC_VERSION}
-        system = [m.content for m in messages if m.role == "system"]
+        system = [m.text for m in messages if m.role == "system"]
         body: dict[str, Any] = {
             "model": model,
             "max_tokens": options.max_tokens or self.settings.default_max_tokens,

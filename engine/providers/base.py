@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from ..errors import InvalidFields
-from ..wire import Chunk, Message, Options, Reply, Usage
+from ..errors import InvalidFields, UnsupportedField
+from ..wire import ENGINE_OPTIONS, Chunk, Message, Options, Reply, Usage
 
 __all__ = ["ChunkStream", "Provider", "collect", "to_options"]
 
@@ -98,10 +98,31 @@ class Provider(abc.ABC):
 
     #: The name requests use to pick this provider ("openai", "mock", ...).
     name: ClassVar[str]
+    #: The :class:`~engine.wire.Options` this provider carries upstream in its
+    #: own form. Any other option a request sets is refused by name
+    #: (:meth:`check_options`), bar the engine's own (``ENGINE_OPTIONS``) and
+    #: those listed in :attr:`ignores`.
+    carries: ClassVar[frozenset[str]] = frozenset()
+    #: Options that cannot change the answer, accepted and not sent (``user``
+    #: where a provider has no such field).
+    ignores: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, *, model: str) -> None:
         #: The model used when a request names none.
         self.default_model = model
+
+    def check_options(self, options: Options) -> None:
+        """Raise :class:`~engine.errors.UnsupportedField` for the first option set
+        that this provider neither carries nor may ignore."""
+        for name in options.set_fields():
+            if name in ENGINE_OPTIONS or name in self.carries or name in self.ignores:
+                continue
+            raise UnsupportedField(
+                f"`{name}` is not supported by the {self.name} provider: it has no "
+                "equivalent, so the answer would not be what was asked for. Leave it out, "
+                "or choose another provider",
+                field=name,
+            )
 
     @abc.abstractmethod
     async def open(

@@ -189,13 +189,14 @@ class GeminiProvider(HTTPProvider):
 
     name = "gemini"
     key_env = "GEMINI_API_KEY"
+    carries = frozenset({"max_tokens", "temperature", "top_p", "stop", "tools", "tool_choice"})
     default_base_url = "https://generativelanguage.googleapis.com"
 
     def request(
         self, messages: Sequence[Message], model: str, options: Options, *, stream: bool
     ) -> tuple[str, dict[str, str], dict[str, str], bytes]:
         headers = {"x-goog-api-key": self.http.api_key}
-        system = [m.content for m in messages if m.role == "system"]
+        system = [m.text for m in messages if m.role == "system"]
         body: dict[str, Any] = {
             "contents": [
                 {"role": _ROLES[m.role], "parts": [{"text": m.content}]}

@@ -99,7 +99,7 @@ def _parts(messages: Sequence[Message], length: int) -> tuple[str, str]:
     same words, so it is a prefix of any longer reply): a short reply to a new
     message costs a few words, not 16 KiB of them.
     """
-    last = next((m.content for m in reversed(messages) if m.role == "user"), "")
+    last = next((m.text for m in reversed(messages) if m.role == "user"), "")
     echo = f"You said: {last}. "
     wanted = min(max(length - len(echo), 0), PERIOD_CHARS)
     return echo, _period(zlib.crc32(last.encode()), wanted)
@@ -133,7 +133,7 @@ def _wrap(head: str, period: str, size: int) -> tuple[str, int]:
 
 def _count_tokens(messages: Sequence[Message]) -> int:
     # A rough, deterministic stand-in for a tokenizer: four characters a token.
-    return sum(len(m.content) // 4 + 1 for m in messages)
+    return sum(len(m.text) // 4 + 1 for m in messages)
 
 
 def _shape(options: Options) -> tuple[int, int, int]:
@@ -153,6 +153,8 @@ class MockProvider(Provider):
     """Replies derived from the last user message, at a cadence the request sets."""
 
     name = "mock"
+    # Deterministic text whatever is asked: no option can change its answer.
+    ignores = frozenset(Options.__struct_fields__)
 
     @classmethod
     def from_settings(cls, settings: ProviderSettings, *, session: Any = None) -> MockProvider:

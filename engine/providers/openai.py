@@ -143,6 +143,7 @@ class OpenAIProvider(HTTPProvider):
 
     name = "openai"
     key_env = "OPENAI_API_KEY"
+    carries = frozenset({"max_tokens", "temperature", "top_p", "stop", "tools", "tool_choice"})
     default_base_url = "https://api.openai.com/v1"
 
     def request(
