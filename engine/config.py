@@ -20,7 +20,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -45,6 +45,7 @@ _PROVIDER_ENV: dict[str, dict[str, tuple[str, ...]]] = {
         "base_url": ("OPENAI_BASE_URL",),
         "organization": ("OPENAI_ORGANIZATION", "OPENAI_ORG_ID"),
         "model": ("OPENAI_MODEL",),
+        "max_tokens_field": ("OPENAI_MAX_TOKENS_FIELD",),
     },
     "anthropic": {
         "api_key": ("ANTHROPIC_API_KEY",),
@@ -90,6 +91,10 @@ class ProviderSettings(Struct, kw_only=True, forbid_unknown_fields=True, omit_de
     max_retries: Annotated[int, Meta(ge=0, le=10)] = 2
     #: Anthropic requires ``max_tokens`` on every request; this is sent when the request has none.
     default_max_tokens: Annotated[int, Meta(ge=1)] = 4096
+    #: The field an OpenAI-compatible upstream reads the output limit from:
+    #: ``max_completion_tokens`` (OpenAI's; reasoning models refuse the other),
+    #: or the older ``max_tokens`` for servers that know only that one.
+    max_tokens_field: Literal["max_completion_tokens", "max_tokens"] = "max_completion_tokens"
 
     def __repr__(self) -> str:
         # Keep keys out of reprs, tracebacks and logs.

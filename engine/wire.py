@@ -9,6 +9,7 @@ field out is part of the format (``usage`` appears on the last chunk alone).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -43,6 +44,7 @@ __all__ = [
     "Usage",
     "check_tool_results",
     "json_depth",
+    "merge_tool_deltas",
 ]
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -205,12 +207,33 @@ class Message(Struct, kw_only=True, omit_defaults=True):
         return [TextPart(text=content)] if isinstance(content, str) else content
 
 
-def check_tool_results(messages: list[Message]) -> None:
+def merge_tool_deltas(calls: list[dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
+    """Fold streamed tool-call ``deltas`` (OpenAI's shape) into whole ``calls``, by index.
+
+    A call's first delta names it (id, name, maybe the first arguments); later
+    ones carry only more of its ``function.arguments`` text.
+    """
+    for delta in deltas:
+        index = delta.get("index", len(calls))
+        while len(calls) <= index:
+            calls.append({"id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+        call = calls[index]
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        function = delta.get("function") or {}
+        if function.get("name"):
+            call["function"]["name"] = function["name"]
+        if function.get("arguments"):
+            call["function"]["arguments"] += function["arguments"]
+
+
+def check_tool_results(messages: Sequence[Message], first: int = 0) -> None:
     """Raise ValueError unless every ``tool`` message answers a tool call made before it.
 
     A result for an id no assistant message called is a client's bug that every
-    provider would answer differently (OpenAI 400s, others guess): refused here,
-    once, with the message's index.
+    provider would answer differently (OpenAI 400s, others guess): refused once,
+    here. ``messages[first:]`` are the request's (before them: stored history),
+    and the error names the request's index.
     """
     called: set[str] = set()
     for index, message in enumerate(messages):
@@ -218,8 +241,8 @@ def check_tool_results(messages: list[Message]) -> None:
             called.update(call.id for call in message.tool_calls)
         elif message.role == "tool" and message.tool_call_id not in called:
             raise ValueError(
-                f"the tool message at `messages[{index}]` answers `tool_call_id` "
-                f"{message.tool_call_id!r}, which no earlier assistant message called"
+                f"the tool message answers `tool_call_id` {message.tool_call_id!r}, which "
+                f"no earlier assistant message called - at `$.messages[{index - first}]`"
             )
 
 
@@ -247,6 +270,9 @@ class Chunk(Struct, kw_only=True, omit_defaults=True):
     finish_reason: str | None
     usage: Usage | None = None
     tool_calls: list[dict[str, Any]] | None = None
+    #: The provider's log probabilities for this chunk's tokens, in OpenAI's
+    #: ``choices[].logprobs`` shape (only when ``logprobs`` was asked for).
+    logprobs: dict[str, Any] | None = None
 
 
 class Reply(Struct, kw_only=True, omit_defaults=True):
@@ -261,6 +287,7 @@ class Reply(Struct, kw_only=True, omit_defaults=True):
     finish_reason: str | None
     usage: Usage | None
     tool_calls: list[dict[str, Any]] | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 #: Largest ``max_history`` a request may ask for (engine.config.MAX_HISTORY_LIMIT).

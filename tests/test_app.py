@@ -56,14 +56,14 @@ async def test_post_stream_is_the_documented_format(client):
         "model": "mock-1",
         "finish_reason": None,
     }
-    assert datas[-1]["finish_reason"] == "stop"
+    assert datas[-1]["finish_reason"] == "length"  # cut by max_tokens, as a model would be
     assert datas[-1]["usage"]["completion_tokens"] == 5
 
     assert done.event == "done"
     assert done.id == f"{sid}:6"
     assert json.loads(done.data) == {
         "type": "done",
-        "finish_reason": "stop",
+        "finish_reason": "length",
         "usage": datas[-1]["usage"],
     }
 
@@ -90,7 +90,7 @@ async def test_send_gives_the_same_text_as_the_stream(client):
     assert reply["content"] == streamed
     assert reply["role"] == "assistant"
     assert reply["model"] == "mock-1"
-    assert reply["finish_reason"] == "stop"
+    assert reply["finish_reason"] == "length"
     assert reply["usage"]["completion_tokens"] == 12
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import time
 import uuid
@@ -18,10 +19,12 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
+import msgspec
 import pytest
 
 from engine.errors import InvalidFields, StoreUnavailable
 from engine.memory import MemoryStore, StoredMessage, open_store
+from engine.wire import FunctionCall, ImagePart, Message, ToolCall, check_tool_results
 
 BACKENDS = ["memory", "sqlite", "redis", "postgres"]
 SERVER_ENV = {"redis": "ENGINE_TEST_REDIS_URL", "postgres": "ENGINE_TEST_POSTGRES_URL"}
@@ -279,7 +282,7 @@ async def test_longest_parent_and_id_are_accepted(store, uid):
 
 BAD_MESSAGES = [
     pytest.param({"role": "robot"}, "role", id="unknown-role"),
-    pytest.param({"role": "tool"}, "role", id="tool-role"),
+    pytest.param({"role": "tool"}, "tool_call_id", id="tool-role-without-call-id"),
     pytest.param({"role": None}, "role", id="no-role"),
     pytest.param({"type": "video"}, "type", id="unknown-type"),
     pytest.param({"content": None}, "content", id="content-none"),
@@ -297,22 +300,168 @@ BAD_MESSAGES = [
 ]
 
 
-@pytest.mark.parametrize(("change", "field"), BAD_MESSAGES)
+def call(id="call_1", name="get_weather", arguments='{"city": "Paris"}', **changes):
+    """One tool call in OpenAI's shape; ``changes`` replace or (as None) drop keys."""
+    function = {"name": name, "arguments": arguments}
+    made = {"id": id, "type": "function", "function": function, **changes}
+    for key, value in list(made.items()):
+        if value is None:
+            del made[key]
+    for key, value in list(function.items()):
+        if value is None:
+            del function[key]
+    return made
+
+
+def deep(levels):
+    value: object = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+ASSISTANT = {"role": "assistant"}
+TOOL = {"role": "tool", "tool_call_id": "call_1"}
+TEXT = {"type": "text", "text": "hello"}
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+AUDIO = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+
+# Each refusal names the field (and where in it) first.
+BAD_AGENT_MESSAGES = [
+    # tool_calls: on assistant messages only, in OpenAI's shape, bounded
+    pytest.param({"tool_calls": [call()]}, "tool_calls", id="calls-on-user"),
+    pytest.param({**TOOL, "tool_calls": [call()]}, "tool_calls", id="calls-on-tool"),
+    pytest.param({"role": "system", "tool_calls": [call()]}, "tool_calls", id="calls-on-system"),
+    pytest.param({**ASSISTANT, "tool_calls": "x"}, "tool_calls", id="calls-string"),
+    pytest.param({**ASSISTANT, "tool_calls": call()}, "tool_calls", id="calls-object"),
+    pytest.param({**ASSISTANT, "tool_calls": []}, "tool_calls", id="calls-empty"),
+    pytest.param({**ASSISTANT, "tool_calls": ["x"]}, "tool_calls[0]", id="call-string"),
+    pytest.param({**ASSISTANT, "tool_calls": [call(id=None)]}, "tool_calls[0]", id="call-no-id"),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(id="")]}, "tool_calls[0].id", id="call-id-empty"
+    ),
+    pytest.param({**ASSISTANT, "tool_calls": [call(id=7)]}, "tool_calls[0].id", id="call-id-int"),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(id="c" * 257)]}, "tool_calls[0].id", id="call-id-long"
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(id="a\x00b")]}, "tool_calls[0].id", id="call-id-nul"
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(type="tool")]}, "tool_calls[0].type", id="call-type"
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(index=0)]}, "tool_calls[0]", id="call-unknown-key"
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(function=None)]}, "tool_calls[0]", id="call-no-function"
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(function="f")]},
+        "tool_calls[0].function",
+        id="call-function-string",
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(name="")]},
+        "tool_calls[0].function.name",
+        id="call-name-empty",
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(name=5)]},
+        "tool_calls[0].function.name",
+        id="call-name-int",
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(name="n" * 257)]},
+        "tool_calls[0].function.name",
+        id="call-name-long",
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(arguments=None)]},
+        "tool_calls[0].function",
+        id="call-no-arguments",
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(arguments={"city": "Paris"})]},
+        "tool_calls[0].function.arguments",
+        id="call-arguments-object",
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(arguments="\ud800")]},
+        "tool_calls",
+        id="call-arguments-lone-surrogate",
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(), call(name="other")]},
+        "tool_calls[1].id",
+        id="call-ids-repeat",
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(id=f"c{i}") for i in range(257)]},
+        "tool_calls",
+        id="calls-too-many",
+    ),
+    pytest.param(
+        {**ASSISTANT, "tool_calls": [call(arguments=deep(70))]}, "tool_calls", id="calls-too-deep"
+    ),
+    # tool_call_id: required on tool messages, and only there
+    pytest.param({"role": "user", "tool_call_id": "call_1"}, "tool_call_id", id="call-id-on-user"),
+    pytest.param(
+        {**ASSISTANT, "tool_call_id": "call_1"}, "tool_call_id", id="call-id-on-assistant"
+    ),
+    pytest.param({**TOOL, "tool_call_id": ""}, "tool_call_id", id="tool-call-id-empty"),
+    pytest.param({**TOOL, "tool_call_id": 5}, "tool_call_id", id="tool-call-id-int"),
+    pytest.param({**TOOL, "tool_call_id": "c" * 257}, "tool_call_id", id="tool-call-id-long"),
+    pytest.param({**TOOL, "tool_call_id": "a\x00b"}, "tool_call_id", id="tool-call-id-nul"),
+    pytest.param({**TOOL, "tool_call_id": "\ud800"}, "tool_call_id", id="tool-call-id-surrogate"),
+    pytest.param({**TOOL, "content": None}, "content", id="tool-content-none"),
+    # parts: a list of wire Parts whose text is the content, media on user messages only
+    pytest.param({"parts": "hello"}, "parts", id="parts-string"),
+    pytest.param({"parts": TEXT}, "parts", id="parts-object"),
+    pytest.param({"parts": ["hello"]}, "parts[0]", id="part-string"),
+    pytest.param({"parts": [{"text": "hello"}]}, "parts[0]", id="part-no-type"),
+    pytest.param({"parts": [{"type": "video"}]}, "parts[0].type", id="part-type-unknown"),
+    pytest.param({"parts": [{"type": 3}]}, "parts[0].type", id="part-type-int"),
+    pytest.param({"parts": [{"type": "text"}]}, "parts[0]", id="part-no-text"),
+    pytest.param({"parts": [{"type": "text", "text": 5}]}, "parts[0].text", id="part-text-int"),
+    pytest.param({"parts": [{**TEXT, "extra": 1}]}, "parts[0]", id="part-unknown-key"),
+    pytest.param(
+        {"parts": [TEXT, {"type": "image_url", "image_url": {"url": "ftp://x/a.png"}}]},
+        "parts[1].image_url",
+        id="part-image-url",
+    ),
+    pytest.param(
+        {"parts": [TEXT, {"type": "image_url", "image_url": {**IMAGE["image_url"], "detail": 1}}]},
+        "parts[1].image_url.detail",
+        id="part-image-detail",
+    ),
+    pytest.param(
+        {"parts": [{"type": "input_audio", "input_audio": {"data": "", "format": "ogg"}}]},
+        "parts[0].input_audio.format",
+        id="part-audio-format",
+    ),
+    pytest.param({**ASSISTANT, "parts": [TEXT, IMAGE]}, "parts", id="image-on-assistant"),
+    pytest.param({"role": "system", "parts": [TEXT, AUDIO]}, "parts", id="audio-on-system"),
+    pytest.param({**TOOL, "parts": [TEXT, IMAGE]}, "parts", id="image-on-tool"),
+    pytest.param({"content": "", "parts": [IMAGE] * 1025}, "parts", id="parts-too-many"),
+    pytest.param({"parts": [{"type": "text", "text": deep(70)}]}, "parts", id="parts-too-deep"),
+    pytest.param({"parts": [{"type": "text", "text": "\ud800"}]}, "parts", id="part-surrogate"),
+    pytest.param({"parts": [{"type": "text", "text": "other"}]}, "content", id="parts-not-content"),
+]
+
+
+@pytest.mark.parametrize(("change", "field"), BAD_MESSAGES + BAD_AGENT_MESSAGES)
 async def test_bad_message_is_rejected_and_nothing_stored(store, uid, change, field):
     chat = store.for_parent("ChatSession", f"{uid}-42")
     await chat.add_user_message("before")
     message = {"role": "user", "content": "hello", **change}
 
-    with pytest.raises(InvalidFields, match=field):
-        await chat.add_message(
-            message["role"],
-            message["content"],
-            type=message.get("type", "text"),
-            metadata=message.get("metadata"),
-            message_id=message.get("message_id"),
-        )
+    with pytest.raises(InvalidFields) as info:
+        fields = dict(message)
+        await chat.add_message(fields.pop("role"), fields.pop("content"), **fields)
+    assert info.value.message.startswith(field), info.value.message
     # One bad item spoils the whole batch, including the good one before it.
-    with pytest.raises(InvalidFields, match=rf"messages\[1\]: {field}"):
+    with pytest.raises(InvalidFields, match=rf"messages\[1\]: {re.escape(field)}"):
         await chat.add_messages([{"role": "user", "content": "good"}, message])
 
     assert contents(await chat.get_messages()) == ["before"]
@@ -388,6 +537,115 @@ async def test_returned_messages_do_not_alias_storage(store, uid):
     (read,) = await chat.get_messages()
     read.metadata["tags"].append("and this")
     assert (await chat.get_messages())[0].metadata == {"tags": ["a"]}
+
+
+# Agent loops: tool calls, tool results, content parts
+
+PHOTO = {
+    "type": "image_url",
+    "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "high"},
+}
+
+
+async def test_tool_calls_results_and_parts_round_trip(store, uid):
+    chat = store.for_parent("ChatSession", f"{uid}-42")
+    question = [
+        {"type": "text", "text": "What is the weather where this was taken?"},
+        PHOTO,
+        {"type": "text", "text": "And in Oslo 🙂"},
+    ]
+    calls = [
+        # "type" may be left out, as in wire.ToolCall: it is stored filled in.
+        {"id": "call_1", "function": {"name": "get_weather", "arguments": '{"city": "Zürich"}'}},
+        call(id="call_2", arguments='{"city": "Oslo", "note": "a\x00b"}'),
+    ]
+    stored = await chat.add_messages(
+        [
+            {"role": "user", "content": None, "parts": question, "message_id": "q"},
+            {"role": "assistant", "tool_calls": calls, "metadata": {"stream_id": "s1"}},
+            {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 21}'},
+            {"role": "tool", "tool_call_id": "call_2", "content": '{"temp": 4}'},
+            {"role": "assistant", "content": "21° there, 4° in Oslo."},
+        ]
+    )
+
+    assert await chat.get_messages() == stored
+    assert await chat.get_messages(limit=3) == stored[2:]
+    user, asked, first, second, answer = stored
+    assert user.parts == question
+    assert user.content == "What is the weather where this was taken?\nAnd in Oslo 🙂"
+    assert user.tool_calls is None and user.tool_call_id is None
+    assert asked.content == "" and asked.metadata == {"stream_id": "s1"}
+    assert asked.tool_calls == [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Zürich"}'},
+        },
+        call(id="call_2", arguments='{"city": "Oslo", "note": "a\x00b"}'),
+    ]
+    assert asked.parts is None and asked.tool_call_id is None
+    assert [(m.role, m.tool_call_id, m.content) for m in (first, second)] == [
+        ("tool", "call_1", '{"temp": 21}'),
+        ("tool", "call_2", '{"temp": 4}'),
+    ]
+    assert (answer.tool_calls, answer.tool_call_id, answer.parts) == (None, None, None)
+    # A retry returns the stored message, agent fields and all.
+    assert await chat.add_user_message("retried", message_id="q") == user
+
+
+async def test_single_adds_keep_tool_calls_results_and_parts(store, uid):
+    chat = store.for_parent("ChatSession", f"{uid}-42")
+    sound = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    added = [
+        await chat.add_user_message("listen", parts=[{"type": "text", "text": "listen"}, sound]),
+        await chat.add_assistant_message(None, tool_calls=[call(), call(id="call_2")]),
+        await chat.add_tool_message("sunny", tool_call_id="call_1"),
+        await chat.add_message("tool", "rainy", tool_call_id="call_2", metadata={"ms": 12}),
+        await chat.add_assistant_message("text", parts=[{"type": "text", "text": "text"}]),
+    ]
+    assert await chat.get_messages() == added
+    assert added[0].parts == [{"type": "text", "text": "listen"}, sound]
+    assert [m.tool_call_id for m in added] == [None, None, "call_1", "call_2", None]
+    assert [len(m.tool_calls or ()) for m in added] == [0, 2, 0, 0, 0]
+
+
+async def test_stored_agent_messages_convert_back_into_wire_messages(store, uid):
+    chat = store.for_parent("ChatSession", f"{uid}-42")
+    await chat.add_user_message(None, parts=[{"type": "text", "text": "look"}, PHOTO])
+    await chat.add_assistant_message(None, tool_calls=[call()])
+    await chat.add_tool_message("sunny", tool_call_id="call_1")
+
+    wire = [
+        msgspec.convert(
+            {
+                "role": m.role,
+                "content": m.parts if m.parts is not None else (m.content or None),
+                "tool_calls": m.tool_calls,
+                "tool_call_id": m.tool_call_id,
+            },
+            Message,
+        )
+        for m in await chat.get_messages()
+    ]
+    check_tool_results(wire)
+    assert wire[0].text == "look" and isinstance(wire[0].parts[1], ImagePart)
+    assert wire[1].tool_calls == [
+        ToolCall(id="call_1", function=FunctionCall(**call()["function"]))
+    ]
+    assert wire[2].tool_call_id == "call_1"
+
+
+async def test_returned_agent_fields_do_not_alias_storage(store, uid):
+    chat = store.for_parent("ChatSession", f"{uid}-42")
+    calls = [call()]
+    parts = [{"type": "text", "text": "hi"}]
+    stored = await chat.add_assistant_message("hi", tool_calls=calls, parts=parts)
+    calls[0]["function"]["name"] = "changed by caller"
+    parts.append({"type": "text", "text": "added by caller"})
+    stored.tool_calls[0]["id"] = "changed too"
+    (read,) = await chat.get_messages()
+    assert read.tool_calls == [call()] and read.parts == [{"type": "text", "text": "hi"}]
 
 
 # Load

@@ -58,6 +58,78 @@ async def test_add_get_clear(client):
     assert await messages_of(client) == []
 
 
+async def test_tool_calls_results_and_parts_round_trip(client):
+    url = "/v1/memory/ChatSession/42/messages"
+    image = {
+        "type": "image_url",
+        "image_url": {"url": "https://example.com/a.png", "detail": "low"},
+    }
+    parts = [{"type": "text", "text": "what is this?"}, image]
+    calls = [
+        {"id": "call_1", "function": {"name": "look", "arguments": '{"zoom": 2}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "search", "arguments": "{}"}},
+    ]
+    bodies = [
+        {"role": "user", "parts": parts},  # content left out: the parts' text
+        {"role": "assistant", "tool_calls": calls, "content": None},
+        {"role": "tool", "tool_call_id": "call_1", "content": "a cat"},
+        {"role": "tool", "tool_call_id": "call_2", "content": "cats are mammals"},
+        {"role": "assistant", "content": "A cat."},
+    ]
+    posted = []
+    for body in bodies:
+        resp = await client.post(url, json=body)
+        assert resp.status == 201, await resp.text()
+        posted.append(await resp.json())
+
+    assert await messages_of(client) == posted
+    user, asked, first, second, answer = posted
+    assert user["content"] == "what is this?" and user["parts"] == parts
+    assert asked["content"] == ""
+    assert asked["tool_calls"] == [{**calls[0], "type": "function"}, calls[1]]
+    assert [(m["role"], m["tool_call_id"]) for m in (first, second)] == [
+        ("tool", "call_1"),
+        ("tool", "call_2"),
+    ]
+    # Every message has all three fields, null where unset.
+    assert (answer["tool_calls"], answer["tool_call_id"], answer["parts"]) == (None, None, None)
+    assert user["tool_calls"] is None and asked["parts"] is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param({"role": "tool", "content": "x"}, id="tool-without-call-id"),
+        pytest.param({"role": "user", "content": "x", "tool_call_id": "c"}, id="call-id-on-user"),
+        pytest.param(
+            {
+                "role": "user",
+                "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": ""}}],
+            },
+            id="calls-on-user",
+        ),
+        pytest.param(
+            {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f"}}]},
+            id="call-without-arguments",
+        ),
+        pytest.param({"role": "assistant", "tool_calls": {"id": "c"}}, id="calls-not-a-list"),
+        pytest.param({"role": "tool", "content": "x", "tool_call_id": 5}, id="call-id-int"),
+        pytest.param({"role": "user", "parts": [{"type": "video"}]}, id="part-type"),
+        pytest.param({"role": "user", "parts": "hello"}, id="parts-not-a-list"),
+        pytest.param(
+            {"role": "user", "content": "other", "parts": [{"type": "text", "text": "x"}]},
+            id="content-not-the-parts-text",
+        ),
+        pytest.param({"role": "assistant"}, id="no-content"),
+    ],
+)
+async def test_bad_agent_fields_are_422_and_store_nothing(client, body):
+    resp = await client.post("/v1/memory/ChatSession/42/messages", json=body)
+    assert resp.status == 422, await resp.text()
+    assert (await resp.json())["type"] == "invalid_fields"
+    assert await messages_of(client) == []
+
+
 async def test_same_message_id_is_stored_once(client):
     body = {"role": "user", "content": "once", "message_id": "m-1"}
     first = await (await client.post("/v1/memory/ChatSession/42/messages", json=body)).json()

@@ -220,8 +220,11 @@ async def test_deeply_nested_tools_are_refused(aiohttp_client, depth):
 
 async def test_a_deeply_nested_unknown_field_is_400(aiohttp_client):
     client = await aiohttp_client(create_app(make_config()))
-    body = '{"model":"mock/x","messages":[{"role":"user","content":"x"}],"extra":%s}' % (
-        "[" * 5000 + "]" * 5000
+    # Inside a free-form field (a JSON Schema): an unknown field is refused by name first.
+    body = (
+        '{"model":"mock/x","messages":[{"role":"user","content":"x"}],'
+        '"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":{"a":%s}}}}'
+        % ("[" * 5000 + "]" * 5000)
     )
     resp = await client.post(
         "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}

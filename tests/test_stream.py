@@ -353,7 +353,7 @@ async def test_the_body_on_the_wire_is_exact_for_both_http_versions(version, int
     assert [e.event for e in events] == ["start"] + ["message"] * n + ["done"]
     chunks = [json.loads(e.data) for e in events[1:-1]]
     assert all(c["content"] for c in chunks)
-    assert chunks[-1]["finish_reason"] == "stop"
+    assert chunks[-1]["finish_reason"] == "length"
     sid = json.loads(events[0].data)["stream_id"]
     assert [e.id for e in events] == [f"{sid}:{k}" for k in range(n + 2)]
 

@@ -17,6 +17,7 @@ from collections.abc import Awaitable
 from aiohttp import web
 
 from ..dialects.native import NativeFraming, chat_request_from_query
+from ..errors import InvalidFields
 from ..gateway import ENGINE, Engine
 from ..memory.history import ChatMemory, attach
 from ..middleware import SERVER_HEADER, expect_handler
@@ -25,7 +26,7 @@ from ..streams import EventStream
 from ..streams.generation import Generation, Generations, outlive_client
 from ..streams.log import StreamLog
 from ..streams.relay import open_upstream, relay
-from ..wire import ChatRequest, Message, Options, Reply
+from ..wire import ChatRequest, Message, Options, Reply, check_tool_results
 from ._io import json_response, read_json
 from .streams import LAST_EVENT_ID, resume
 
@@ -52,7 +53,13 @@ async def attach_memory(
 ) -> tuple[ChatMemory | None, list[Message]]:
     """The request's memory, if it names a conversation, and the messages for upstream."""
     store = await engine.open_memory() if body.session is not None else None
-    return await attach(store, engine.config, body)
+    memory, messages = await attach(store, engine.config, body)
+    try:
+        # With the stored history first: a tool result may answer a call made there.
+        check_tool_results(messages, first=len(messages) - len(body.messages))
+    except ValueError as exc:
+        raise InvalidFields(str(exc)) from None
+    return memory, messages
 
 
 @routes.post("/v1/chat/stream", expect_handler=expect_handler)
@@ -170,7 +177,7 @@ async def send_reply(
         reply = await provider.send(messages, model=model, options=options)
     if memory is not None:
         await memory.store_request()
-        await memory.store_reply(reply.content)
+        await memory.store_reply(reply.content, tool_calls=reply.tool_calls)
     return reply
 
 

@@ -5,11 +5,30 @@
     GET    /v1/memory/{parent}/{id}            ?limit=N -> the messages, oldest first
     POST   /v1/memory/{parent}/{id}/messages   add one (201)
     DELETE /v1/memory/{parent}/{id}            clear: {"deleted": N}
+
+A message, as POSTed and as returned, has ``role`` (``system``, ``user``,
+``assistant`` or ``tool``), ``content``, ``type``, ``metadata``,
+``message_id`` (and, returned, ``created_at``), plus the agent-loop fields in
+OpenAI Chat Completions' shapes:
+
+- ``tool_calls``: an assistant message's
+  ``[{"id", "type": "function", "function": {"name", "arguments"}}]``;
+- ``tool_call_id``: on a ``tool`` message, the call it answers (required there);
+- ``parts``: the content parts (``{"type": "text", "text"}``,
+  ``{"type": "image_url", "image_url": {"url", "detail"?}}``,
+  ``{"type": "input_audio", "input_audio": {"data", "format"}}``) of a message
+  whose content was a list; ``content`` is then their text parts joined by
+  newlines, and may be left out of a POST to have it computed. ``content`` may
+  also be left out of an assistant message with ``tool_calls`` (stored as ``""``).
+
+Every returned message has all three fields, ``null`` where unset (as it has
+``type`` and ``metadata`` when they hold their defaults): one shape for every
+message, old or new.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 from aiohttp import web
@@ -17,6 +36,7 @@ from aiohttp import web
 from ..errors import InvalidFields
 from ..gateway import ENGINE
 from ..memory import Conversation
+from ..memory.base import MessageRole, MessageType
 from ..middleware import expect_handler
 from ._io import json_response, read_json
 
@@ -26,13 +46,21 @@ routes = web.RouteTableDef()
 
 
 class NewMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Body of ``POST /v1/memory/{parent}/{id}/messages``."""
+    """Body of ``POST /v1/memory/{parent}/{id}/messages``.
 
-    role: Literal["system", "user", "assistant"]
-    content: str
-    type: Literal["text", "image", "audio"] = "text"
+    Only the types are checked here; the store validates the rest (shapes,
+    which role may carry what), so the HTTP API and Python callers get the same
+    answers.
+    """
+
+    role: MessageRole
+    content: str | None = None
+    type: MessageType = "text"
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     message_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    parts: list[dict[str, Any]] | None = None
 
 
 async def _conversation(request: web.Request) -> Conversation:
@@ -65,7 +93,14 @@ async def memory_post(request: web.Request) -> web.Response:
     body = await read_json(request, NewMessage)
     conversation = await _conversation(request)
     stored = await conversation.add_message(
-        body.role, body.content, type=body.type, metadata=body.metadata, message_id=body.message_id
+        body.role,
+        body.content,
+        type=body.type,
+        metadata=body.metadata,
+        message_id=body.message_id,
+        tool_calls=body.tool_calls,
+        tool_call_id=body.tool_call_id,
+        parts=body.parts,
     )
     return json_response(stored, status=201)
 

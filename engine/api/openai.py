@@ -152,14 +152,16 @@ async def _start_completion(
             request, provider, messages, memory, model=model, options=chat.options
         )
         message = ResponseMessage(
-            role="assistant", content=reply.content, tool_calls=reply.tool_calls
+            role="assistant",
+            # OpenAI's tool-call message has `"content": null`, not "".
+            content=reply.content or (None if reply.tool_calls else ""),
+            tool_calls=reply.tool_calls,
+        )
+        choice = Choice(
+            message=message, finish_reason=reply.finish_reason or "stop", logprobs=reply.logprobs
         )
         completion = ChatCompletion(
-            id=cid,
-            created=created,
-            model=shown(reply.model),
-            choices=[Choice(message=message, finish_reason=reply.finish_reason or "stop")],
-            usage=reply.usage,
+            id=cid, created=created, model=shown(reply.model), choices=[choice], usage=reply.usage
         )
         return json_response(completion)
 

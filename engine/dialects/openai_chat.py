@@ -12,15 +12,13 @@ as a ``data: {"error": ...}`` event, then the end of the body without
 ``[DONE]`` (:func:`error_frame`; what api.openai.com sends, and what the
 ``openai`` SDK raises ``APIError`` on).
 
-Tools: ``tools`` (function tools) and ``tool_choice`` go into
-:class:`~engine.wire.Options`, which each provider maps onto its own format
-(the mock ignores them); tool-call deltas come back in ``delta.tool_calls``.
-Not passed upstream (the engine's messages have no way to carry them yet):
-``tool`` messages and assistant messages with ``tool_calls``, that is the
-results of a tool call, are refused with a 400 rather than dropped, since a
-model that silently loses them answers differently. ``user``, ``name`` and
-OpenAI fields this module does not declare (``seed``, ``presence_penalty``,
-``parallel_tool_calls``, ...) are accepted and ignored.
+Requests: every field of OpenAI's reference is declared (:class:`CompletionRequest`)
+and either carried, into the engine's :class:`~engine.wire.Message` (content
+parts, assistant ``tool_calls``, ``tool`` results) and
+:class:`~engine.wire.Options` (which each provider carries in its own form or
+refuses by name), or refused here by name; an undeclared field is refused too.
+Only platform bookkeeping that cannot change the answer is accepted unsent
+(``metadata``, ``store``, ``service_tier``, ``prompt_cache_key``).
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ from msgspec import Meta, Struct
 
 from ..errors import EngineError, InvalidFields, UnsupportedField
 from ..sse import encode, encode_json
-from ..wire import Chunk, Message, Options, Role, Usage
+from ..wire import Chunk, Message, Options, Part, Role, ToolCall, Usage
 from . import ErrorAnswer, retry_after_seconds
 
 __all__ = [
@@ -64,31 +62,41 @@ _encoder = msgspec.json.Encoder()
 # -- request -----------------------------------------------------------------------
 
 
-class TextPart(Struct, kw_only=True, tag_field="type", tag="text"):
-    """A ``{"type": "text", "text": ...}`` content part; other part types are refused (400)."""
+class RequestMessage(Struct, kw_only=True, forbid_unknown_fields=True):
+    """One message of a Chat Completions request, every field OpenAI defines.
 
-    text: str
-
-
-class RequestMessage(Struct, kw_only=True):
-    """One message of a Chat Completions request. Unknown keys are ignored."""
+    Content parts decode straight into the engine's (:data:`~engine.wire.Part`):
+    a part type the engine has no form for (``file``) is refused by msgspec
+    with its path. ``name`` is refused on all but tool messages (a participant
+    name the providers other than OpenAI have no place for); ``refusal`` on an
+    assistant message replayed from history is its text; ``audio`` (a reference
+    to an earlier audio reply) and the deprecated ``function_call`` are refused.
+    """
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
+    content: str | list[Part] | None = None
     name: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
+    tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    refusal: str | None = None
+    audio: dict[str, Any] | None = None
+    function_call: dict[str, Any] | None = None
 
 
-class StreamOptions(Struct, kw_only=True):
+class StreamOptions(Struct, kw_only=True, forbid_unknown_fields=True):
     include_usage: bool = False
+    #: Obfuscation padding on OpenAI's own stream: nothing a relay can add.
+    include_obfuscation: bool | None = None
 
 
-class CompletionRequest(Struct, kw_only=True):
-    """The body of ``POST /v1/chat/completions``, as far as the gateway reads it.
+class CompletionRequest(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The body of ``POST /v1/chat/completions``: every field OpenAI's reference lists.
 
-    ``tools`` and ``tool_choice`` are checked by :class:`~engine.wire.Options`;
-    undeclared fields are ignored, as lenient OpenAI-compatible servers do.
+    Each one is carried (into :class:`~engine.wire.Options`, which each provider
+    carries or refuses by name), accepted as bookkeeping that cannot change the
+    answer (``metadata``, ``store``, ``service_tier``, ``prompt_cache_key``,
+    ``safety_identifier``), or refused by name (:func:`check`). A field OpenAI
+    does not define is refused by msgspec, naming it: nothing is dropped silently.
     """
 
     model: str
@@ -104,6 +112,29 @@ class CompletionRequest(Struct, kw_only=True):
     user: str | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, int] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    reasoning_effort: str | None = None
+    # Bookkeeping on OpenAI's platform: cannot change the answer, accepted.
+    metadata: dict[str, str] | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    # Refused by name (check()): outputs or tools the gateway cannot carry.
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
+    prediction: dict[str, Any] | None = None
+    web_search_options: dict[str, Any] | None = None
+    verbosity: str | None = None
+    functions: list[Any] | None = None
+    function_call: str | dict[str, Any] | None = None
 
 
 # -- responses -----------------------------------------------------------------------
@@ -118,7 +149,7 @@ class ResponseMessage(Struct, kw_only=True, omit_defaults=True):
 class Choice(Struct, kw_only=True):
     index: int = 0
     message: ResponseMessage
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: str
 
 
@@ -141,7 +172,7 @@ class Delta(Struct, kw_only=True, omit_defaults=True):
 class ChunkChoice(Struct, kw_only=True):
     index: int = 0
     delta: Delta
-    logprobs: None = None
+    logprobs: dict[str, Any] | None = None
     finish_reason: str | None = None
 
 
@@ -243,44 +274,79 @@ def error_frame(exc: EngineError) -> bytes:
 # -- request -> engine ------------------------------------------------------------
 
 
-def _text(message: RequestMessage) -> str:
-    content = message.content
-    if isinstance(content, list):
-        # Text parts joined by newlines, as vLLM and others join them.
-        return "\n".join(part.text for part in content)
-    return content or ""
-
-
-# ``developer`` is ``system`` renamed (for o1); ``tool`` and ``function`` have no equivalent.
+# ``developer`` is ``system`` renamed (for o1); ``function`` is refused (deprecated).
 _ROLES: dict[str, Role] = {
     "system": "system",
     "developer": "system",
     "user": "user",
     "assistant": "assistant",
+    "tool": "tool",
 }
 
 
-def to_messages(messages: list[RequestMessage]) -> list[Message]:
-    """The engine's messages.
-
-    Raises :class:`InvalidFields` for tool messages and assistant tool calls
-    (tool results in a conversation), which no provider can be given yet.
-    """
-    out: list[Message] = []
-    for index, message in enumerate(messages):
-        role = _ROLES.get(message.role)
-        if role is None or message.tool_calls:
-            raise InvalidFields(
-                "tool results are not supported by this gateway yet: `tools` are passed "
-                f"upstream, but messages with role `{message.role}` or with `tool_calls` "
-                f"cannot be - at `$.messages[{index}]`"
+def _message(message: RequestMessage, where: str) -> Message:
+    role = _ROLES.get(message.role)
+    if role is None:
+        raise UnsupportedField(
+            "the deprecated `function` role is not supported: send `tool` messages "
+            f"answering `tool_calls` - at `{where}.role`",
+            field=f"{where[2:]}.role",
+        )
+    for name in ("audio", "function_call"):
+        if getattr(message, name) is not None:
+            raise UnsupportedField(
+                f"`{name}` on a message is not supported by this gateway - at `{where}.{name}`",
+                field=f"{where[2:]}.{name}",
             )
-        out.append(Message(role=role, content=_text(message)))
-    return out
+    if message.name is not None and role != "tool":
+        raise UnsupportedField(
+            "a message `name` is not supported by this gateway (only OpenAI has a place "
+            f"for it): leave it out - at `{where}.name`",
+            field=f"{where[2:]}.name",
+        )
+    content = message.content
+    if content is None and message.refusal is not None:
+        content = message.refusal  # an assistant refusal replayed from history
+    elif content is None and role == "assistant" and not message.tool_calls:
+        content = ""  # an empty turn, as some clients replay one
+    try:
+        return Message(
+            role=role,
+            content=content,
+            tool_calls=message.tool_calls,
+            tool_call_id=message.tool_call_id,
+        )
+    except ValueError as exc:
+        raise InvalidFields(f"{exc} - at `{where}`") from None
+
+
+def to_messages(messages: list[RequestMessage]) -> list[Message]:
+    """The engine's messages; raises InvalidFields/UnsupportedField naming the message.
+
+    (That each ``tool`` message answers an earlier call is checked once memory's
+    history is in front of them: ``engine.wire.check_tool_results``.)
+    """
+    return [_message(message, f"$.messages[{index}]") for index, message in enumerate(messages)]
 
 
 # The first words of a message from Options' own checks ("`tools[0]` must ...").
-_CHECKED_FIELD = re.compile(r"`(tools|tool_choice)\b")
+_CHECKED_FIELD = re.compile(r"`(\w+)")
+
+# Carried into Options under the same name.
+_CARRIED = (
+    "temperature",
+    "top_p",
+    "stop",
+    "parallel_tool_calls",
+    "response_format",
+    "seed",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "reasoning_effort",
+)
 
 
 def to_options(body: CompletionRequest) -> Options:
@@ -293,14 +359,19 @@ def to_options(body: CompletionRequest) -> Options:
     tool_choice = body.tool_choice
     if not tools and tool_choice in ("none", "auto"):
         tool_choice = None  # harmless without tools, and some clients always send it
-    raw = {
-        "max_tokens": max_tokens,
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "stop": body.stop,
-        "tools": tools,
-        "tool_choice": tool_choice,
-    }
+    parallel = body.parallel_tool_calls
+    raw: dict[str, Any] = {name: getattr(body, name) for name in _CARRIED}
+    raw.update(
+        max_tokens=max_tokens,
+        tools=tools,
+        tool_choice=tool_choice,
+        # Without tools there are no calls to make in parallel (the AI SDK sends it always).
+        parallel_tool_calls=parallel if tools else None,
+        # `safety_identifier` is what OpenAI renamed `user` to: the same end-user id.
+        user=body.user if body.user is not None else body.safety_identifier,
+    )
+    if isinstance(body.response_format, dict) and body.response_format.get("type") == "text":
+        raw["response_format"] = None  # prose: the default
     try:
         return msgspec.convert({k: v for k, v in raw.items() if v is not None}, Options)
     except msgspec.ValidationError as exc:
@@ -312,10 +383,29 @@ def to_options(body: CompletionRequest) -> Options:
         raise InvalidFields(f"Invalid value: {message}") from exc
 
 
+# Fields refused by name, and why.
+_REFUSED = {
+    "audio": "audio output is not supported by this gateway",
+    "prediction": "predicted outputs are not supported by this gateway",
+    "web_search_options": "web search is not supported by this gateway",
+    "verbosity": "`verbosity` is not supported by this gateway",
+    "functions": "the deprecated `functions` are not supported: send `tools`",
+    "function_call": "the deprecated `function_call` is not supported: send `tool_choice`",
+}
+
+
 def check(body: CompletionRequest) -> None:
     """Refuse what the gateway cannot honour instead of ignoring it."""
     if body.n is not None and body.n != 1:
-        raise InvalidFields(f"only n=1 is supported, got n={body.n} - at `$.n`")
+        raise UnsupportedField(f"only n=1 is supported, got n={body.n} - at `$.n`", field="n")
+    if body.modalities is not None and body.modalities != ["text"]:
+        raise UnsupportedField(
+            f"only text output is supported, got modalities={body.modalities} - at `$.modalities`",
+            field="modalities",
+        )
+    for name, why in _REFUSED.items():
+        if getattr(body, name) is not None:
+            raise UnsupportedField(f"{why} - at `$.{name}`", field=name)
 
 
 # -- engine -> stream --------------------------------------------------------------
@@ -348,10 +438,10 @@ class OpenAIFraming:
         return self.frame([ChunkChoice(delta=Delta(role="assistant"))])
 
     def chunk(self, chunk: Chunk, n: int) -> bytes | None:
-        if not (chunk.content or chunk.tool_calls):
+        if not (chunk.content or chunk.tool_calls or chunk.logprobs):
             return None
         delta = Delta(content=chunk.content or None, tool_calls=chunk.tool_calls)
-        return self.frame([ChunkChoice(delta=delta)])
+        return self.frame([ChunkChoice(delta=delta, logprobs=chunk.logprobs)])
 
     def error(self, exc: EngineError, n: int) -> bytes:
         return error_frame(exc)

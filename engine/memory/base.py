@@ -30,12 +30,16 @@ from urllib.parse import urlsplit, urlunsplit
 import msgspec
 
 from ..errors import InvalidFields, StoreUnavailable
-from ..wire import MAX_JSON_DEPTH, json_depth
+from ..wire import MAX_JSON_DEPTH, ImagePart, Part, TextPart, ToolCall, json_depth
 
 __all__ = [
     "DEFAULT_TTL",
     "MAX_KEY_LENGTH",
     "MAX_LIMIT",
+    "MAX_NAME_LENGTH",
+    "MAX_PARTS",
+    "MAX_TOOL_CALLS",
+    "MAX_TOOL_ID_LENGTH",
     "Conversation",
     "MemoryStore",
     "MessageRole",
@@ -43,7 +47,7 @@ __all__ = [
     "StoredMessage",
 ]
 
-MessageRole = Literal["system", "user", "assistant"]
+MessageRole = Literal["system", "user", "assistant", "tool"]
 MessageType = Literal["text", "image", "audio"]
 
 #: Longest parent class, parent id or message id, in characters. Matches
@@ -54,6 +58,21 @@ MAX_KEY_LENGTH: Final = 200
 #: than this cannot be loaded in one piece anyway.
 MAX_LIMIT: Final = 1_000_000
 
+#: Most tool calls one assistant message may carry: twice the 128 tools an
+#: OpenAI request may offer (``engine.wire.Options.tools``), since a model may
+#: call one tool more than once in a turn.
+MAX_TOOL_CALLS: Final = 256
+#: Most content parts one message may carry: OpenAI takes up to 500 images in
+#: one request, and text parts come between them.
+MAX_PARTS: Final = 1024
+#: Longest tool call id (a call's ``id``, a tool message's ``tool_call_id``).
+#: Providers mint short ones (OpenAI ``call_`` + 24, Anthropic ``toolu_`` + 24);
+#: a bound keeps a tool message's id column small.
+MAX_TOOL_ID_LENGTH: Final = 256
+#: Longest function name in a tool call. OpenAI and Anthropic allow 64; the
+#: rest is headroom for other providers.
+MAX_NAME_LENGTH: Final = 256
+
 #: Seconds a conversation lives in stores that expire keys (Redis): 30 days,
 #: the same default as ``Config.memory_ttl``.
 DEFAULT_TTL: Final = 30 * 24 * 3600
@@ -63,7 +82,11 @@ _TYPES: Final = frozenset(get_args(MessageType))
 # C0 controls and DEL, as in ``engine.wire.ParentKey``: they break logs, keys as
 # redis-cli shows them, and URL paths (the HTTP layer puts parent and id there).
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
-_BATCH_FIELDS: Final = frozenset({"role", "content", "type", "metadata", "message_id"})
+_BATCH_FIELDS: Final = frozenset(
+    {"role", "content", "type", "metadata", "message_id", "tool_calls", "tool_call_id", "parts"}
+)
+# msgspec's "<problem> - at `$[0].id`", split so the field can be named first.
+_AT_PATH: Final = re.compile(r"(.*) - at `\$(.*)`\Z", re.S)
 
 
 class StoredMessage(msgspec.Struct, kw_only=True, frozen=True):
@@ -71,6 +94,15 @@ class StoredMessage(msgspec.Struct, kw_only=True, frozen=True):
 
     Frozen because it is history: every read decodes fresh copies, so changing
     one in place could not change what is stored anyway.
+
+    The three agent-loop fields are None on a message that does not use them
+    (and on every message stored before they existed). Their shapes are OpenAI
+    Chat Completions', the same as ``engine.wire.Message``'s, so a stored
+    message converts back into one: ``tool_calls`` is
+    ``[{"id", "type": "function", "function": {"name", "arguments"}}]``,
+    ``tool_call_id`` names the call a ``tool`` message answers, and ``parts``
+    are the content parts (``engine.wire.Part``) of a message whose content was
+    a list, with ``content`` their text parts joined by newlines.
     """
 
     #: Unique within its conversation; adding the same id again is a no-op.
@@ -82,12 +114,20 @@ class StoredMessage(msgspec.Struct, kw_only=True, frozen=True):
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     #: Unix seconds at which the store first received the message.
     created_at: float
+    #: An assistant message's tool calls, in the order the model made them.
+    tool_calls: list[dict[str, Any]] | None = None
+    #: On a ``tool`` message (and only there): the id of the call it answers.
+    tool_call_id: str | None = None
+    #: The content parts, when the content was a list rather than a string.
+    parts: list[dict[str, Any]] | None = None
 
 
 #: Shared by the backends that keep whole messages as JSON (Redis, in-memory).
 message_encoder: Final = msgspec.json.Encoder()
 message_decoder: Final = msgspec.json.Decoder(StoredMessage)
 metadata_decoder: Final = msgspec.json.Decoder(dict[str, Any])
+#: For ``tool_calls`` and ``parts``, which the SQL backends keep as JSON text.
+objects_decoder: Final = msgspec.json.Decoder(list[dict[str, Any]])
 
 
 def redact_url(url: str) -> str:
@@ -154,6 +194,101 @@ def _check_utf8(name: str, value: str) -> None:
         raise InvalidFields(f"{name} is not valid Unicode text") from exc
 
 
+def _check_text(name: str, value: str) -> None:
+    if "\x00" in value:
+        # PostgreSQL text cannot hold NUL; refusing it everywhere keeps the four
+        # backends interchangeable.
+        raise InvalidFields(f"{name} must not contain NUL characters")
+    _check_utf8(name, value)
+
+
+def _convert(name: str, value: object, kind: Any) -> Any:
+    """``value`` validated as ``kind`` (a wire type), or :class:`InvalidFields` naming the spot."""
+    try:
+        return msgspec.convert(value, kind)
+    except msgspec.ValidationError as exc:
+        match = _AT_PATH.match(str(exc))
+        problem, path = match.groups() if match else (str(exc), "")
+        raise InvalidFields(f"{name}{path}: {problem}") from exc
+
+
+def _check_json(name: str, value: object) -> None:
+    # Strings are not checked as they are converted; a lone surrogate only
+    # shows when encoding, so find it here rather than mid-write.
+    try:
+        message_encoder.encode(value)
+    except (TypeError, ValueError, msgspec.MsgspecError) as exc:
+        raise InvalidFields(f"{name} must be JSON-serialisable: {exc}") from exc
+
+
+def _check_list(name: str, value: object, most: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise InvalidFields(f"{name} must be a list of objects, not {type(value).__name__}")
+    if len(value) > most:
+        raise InvalidFields(f"{name} must hold at most {most} items, not {len(value)}")
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise InvalidFields(f"{name} is nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _check_tool_id(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidFields(f"{name} must be a string, not {type(value).__name__}")
+    if not value:
+        raise InvalidFields(f"{name} must not be empty")
+    if len(value) > MAX_TOOL_ID_LENGTH:
+        raise InvalidFields(f"{name} must be at most {MAX_TOOL_ID_LENGTH} characters")
+    _check_text(name, value)
+    return value
+
+
+def check_tool_calls(value: object) -> list[dict[str, Any]]:
+    """Return ``value`` as stored tool calls: OpenAI's shape, ``type`` filled in.
+
+    Raises :class:`InvalidFields` unless it is a non-empty list of
+    ``{"id", "type"?: "function", "function": {"name", "arguments"}}`` with
+    distinct non-empty ids, non-empty names and string arguments.
+    """
+    items = _check_list("tool_calls", value, MAX_TOOL_CALLS)
+    if not items:
+        raise InvalidFields("tool_calls must hold at least one call (or be left out)")
+    calls: list[ToolCall] = _convert("tool_calls", items, list[ToolCall])
+    seen: set[str] = set()
+    out: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        _check_tool_id(f"tool_calls[{index}].id", call.id)
+        if call.id in seen:
+            raise InvalidFields(f"tool_calls[{index}].id repeats {call.id!r}")
+        seen.add(call.id)
+        if len(call.function.name) > MAX_NAME_LENGTH:
+            raise InvalidFields(
+                f"tool_calls[{index}].function.name must be at most {MAX_NAME_LENGTH} characters"
+            )
+        function = {"name": call.function.name, "arguments": call.function.arguments}
+        out.append({"id": call.id, "type": call.type, "function": function})
+    _check_json("tool_calls", out)
+    return out
+
+
+def check_parts(value: object, role: object) -> tuple[list[dict[str, Any]], str]:
+    """Return ``value`` as stored content parts, and their text.
+
+    The text is the text parts joined by newlines, as ``engine.wire.Message.text``
+    gives it. Raises :class:`InvalidFields` unless ``value`` is a list of
+    ``engine.wire.Part`` objects (text, image_url or input_audio), with images
+    and audio on user messages only.
+    """
+    items = _check_list("parts", value, MAX_PARTS)
+    parts: list[Part] = _convert("parts", items, list[Part])
+    if role != "user" and any(not isinstance(part, TextPart) for part in parts):
+        kind = "images" if any(isinstance(part, ImagePart) for part in parts) else "audio"
+        raise InvalidFields(f"parts: only user messages may carry {kind}, not {role!r} ones")
+    out: list[dict[str, Any]] = msgspec.to_builtins(parts)
+    _check_json("parts", out)
+    text = "\n".join(part.text for part in parts if isinstance(part, TextPart))
+    return out, text
+
+
 def build_message(
     *,
     role: object,
@@ -161,24 +296,52 @@ def build_message(
     kind: object = "text",
     metadata: object = None,
     message_id: object = None,
+    tool_calls: object = None,
+    tool_call_id: object = None,
+    parts: object = None,
     now: float,
 ) -> StoredMessage:
     """Validate one message and give it an id (when it has none) and a timestamp.
 
+    ``content`` may be None when ``parts`` are given (it becomes their text) or
+    on an assistant message with ``tool_calls`` (it becomes ``""``).
+
     Raises :class:`InvalidFields` for an unknown role or type, content that is
-    not a string, metadata that is not a JSON object, or a bad message id.
+    not a string (or, with parts, not their text), metadata that is not a JSON
+    object, a bad message id, malformed tool calls, tool calls on a message
+    that is not the assistant's, a tool message without ``tool_call_id`` (or
+    another message with one), or malformed parts.
     """
     if role not in _ROLES:
         raise InvalidFields(f"role must be one of {sorted(_ROLES)}, not {role!r}")
     if kind not in _TYPES:
         raise InvalidFields(f"type must be one of {sorted(_TYPES)}, not {kind!r}")
+    calls: list[dict[str, Any]] | None = None
+    if tool_calls is not None:
+        if role != "assistant":
+            raise InvalidFields(f"tool_calls belong to assistant messages, not {role!r} ones")
+        calls = check_tool_calls(tool_calls)
+    answers: str | None = None
+    if role == "tool":
+        if tool_call_id is None:
+            raise InvalidFields("tool_call_id is required on a tool message: the call it answers")
+        answers = _check_tool_id("tool_call_id", tool_call_id)
+    elif tool_call_id is not None:
+        raise InvalidFields(f"tool_call_id belongs to tool messages, not {role!r} ones")
+    stored_parts: list[dict[str, Any]] | None = None
+    if parts is not None:
+        stored_parts, text = check_parts(parts, role)
+        if content is None:
+            content = text
+        elif content != text:
+            # content is what search and history budgets read: it must be the
+            # parts' own text, not a second version of the message.
+            raise InvalidFields("content must be the text parts joined by newlines (or None)")
+    elif content is None and calls is not None:
+        content = ""
     if not isinstance(content, str):
         raise InvalidFields(f"content must be a string, not {type(content).__name__}")
-    if "\x00" in content:
-        # PostgreSQL text cannot hold NUL; refusing it everywhere keeps the four
-        # backends interchangeable.
-        raise InvalidFields("content must not contain NUL characters")
-    _check_utf8("content", content)
+    _check_text("content", content)
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):
@@ -200,6 +363,9 @@ def build_message(
         type=kind,  # type: ignore[arg-type]  # checked against _TYPES above
         metadata=metadata,
         created_at=now,
+        tool_calls=calls,
+        tool_call_id=answers,
+        parts=stored_parts,
     )
 
 
@@ -311,10 +477,14 @@ class Conversation:
     async def add_message(
         self,
         role: str,
-        content: str,
+        content: str | None,
+        *,
         type: str = "text",
         metadata: dict[str, Any] | None = None,
         message_id: str | None = None,
+        tool_calls: list[dict[str, Any]] | None = None,
+        tool_call_id: str | None = None,
+        parts: list[dict[str, Any]] | None = None,
     ) -> StoredMessage:
         """Store one message and return it as stored.
 
@@ -322,10 +492,18 @@ class Conversation:
         holds ``message_id``, nothing is added and the stored message is
         returned, so a retried request does not duplicate history.
 
+        An agent loop's messages, in OpenAI Chat Completions' shapes (see
+        :class:`StoredMessage`): an ``assistant`` message may carry
+        ``tool_calls`` (``content`` may then be None, stored as ``""``); a
+        ``tool`` message needs the ``tool_call_id`` it answers; a message whose
+        content was a list gives it as ``parts``, with ``content`` their text
+        parts joined by newlines, or None to have it computed.
+
         Raises :class:`InvalidFields` (nothing stored) for an unknown role or
-        type, content that is not a string, metadata that is not a JSON object,
-        or a bad ``message_id``; :class:`StoreUnavailable` if the store fails
-        (nothing stored either).
+        type, content that is not a string (or not the parts' text), metadata
+        that is not a JSON object, a bad ``message_id``, malformed or misplaced
+        ``tool_calls``, ``tool_call_id`` or ``parts``;
+        :class:`StoreUnavailable` if the store fails (nothing stored either).
         """
         message = build_message(
             role=role,
@@ -333,6 +511,9 @@ class Conversation:
             kind=type,
             metadata=metadata,
             message_id=message_id,
+            tool_calls=tool_calls,
+            tool_call_id=tool_call_id,
+            parts=parts,
             now=time.time(),
         )
         (stored,) = await self._store._append(self._parent, self._parent_id, [message])
@@ -342,9 +523,15 @@ class Conversation:
         """:meth:`add_message` with ``role="user"``."""
         return await self.add_message("user", content, **kw)
 
-    async def add_assistant_message(self, content: str, **kw: Any) -> StoredMessage:
+    async def add_assistant_message(self, content: str | None, **kw: Any) -> StoredMessage:
         """:meth:`add_message` with ``role="assistant"``."""
         return await self.add_message("assistant", content, **kw)
+
+    async def add_tool_message(
+        self, content: str, *, tool_call_id: str, **kw: Any
+    ) -> StoredMessage:
+        """:meth:`add_message` with ``role="tool"``: the result of call ``tool_call_id``."""
+        return await self.add_message("tool", content, tool_call_id=tool_call_id, **kw)
 
     async def add_system_message(self, content: str, **kw: Any) -> StoredMessage:
         """:meth:`add_message` with ``role="system"``."""
@@ -355,10 +542,11 @@ class Conversation:
 
         Each item has the keyword arguments of :meth:`add_message`:
         ``{"role": "user", "content": "hi"}`` plus optional ``type``,
-        ``metadata`` and ``message_id``. Meant for a user message and its reply,
-        which should land together or not at all. Ids already stored (or
-        repeated within ``messages``) are not added again; the stored message
-        is returned at their place.
+        ``metadata``, ``message_id``, ``tool_calls``, ``tool_call_id`` and
+        ``parts`` (``content`` may be left out where it may be None). Meant
+        for a user message and its reply, which should land together or not
+        at all. Ids already stored (or repeated within ``messages``) are not
+        added again; the stored message is returned at their place.
 
         Raises :class:`InvalidFields` if any item is invalid (nothing stored)
         and :class:`StoreUnavailable` if the store fails (nothing stored).
@@ -373,16 +561,21 @@ class Conversation:
             unknown = set(item) - _BATCH_FIELDS
             if unknown:
                 raise InvalidFields(f"messages[{index}] has unknown fields {sorted(unknown)}")
-            if "role" not in item or "content" not in item:
-                raise InvalidFields(f"messages[{index}] needs role and content")
+            if "role" not in item:
+                raise InvalidFields(f"messages[{index}] needs a role")
+            if "content" not in item and "parts" not in item and "tool_calls" not in item:
+                raise InvalidFields(f"messages[{index}] needs content")
             try:
                 batch.append(
                     build_message(
                         role=item["role"],
-                        content=item["content"],
+                        content=item.get("content"),
                         kind=item.get("type", "text"),
                         metadata=item.get("metadata"),
                         message_id=item.get("message_id"),
+                        tool_calls=item.get("tool_calls"),
+                        tool_call_id=item.get("tool_call_id"),
+                        parts=item.get("parts"),
                         now=now,
                     )
                 )

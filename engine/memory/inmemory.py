@@ -2,7 +2,8 @@
 
 For tests and throwaway runs. Messages are kept as their JSON encoding, so a
 read returns fresh objects exactly as the other backends would: nothing a
-caller does to a returned message can reach the stored history.
+caller does to a returned message can reach the stored history (tool calls
+and parts included).
 """
 
 from __future__ import annotations

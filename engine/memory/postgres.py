@@ -9,8 +9,12 @@ advisory lock on its conversation: writers to the same conversation commit in
 while different conversations never wait for each other.
 
 The schema is created at start-up under a global advisory lock (several servers
-may start at once) and its version kept in ``sse_engine_schema`` so a later
-release can migrate (:data:`_MIGRATIONS`).
+may start at once) and its version kept in ``sse_engine_schema``; an older
+schema is migrated in place, in one transaction with the version bump
+(:data:`_MIGRATIONS`). Version 2 added the nullable ``tool_calls``,
+``tool_call_id`` and ``parts`` columns. JSON is kept as ``text``, like
+``metadata``: returned byte for byte, where ``jsonb`` would refuse an escaped NUL
+in a string and reorder keys.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from .base import (
     StoredMessage,
     message_encoder,
     metadata_decoder,
+    objects_decoder,
     redact_url,
     translate_errors,
 )
@@ -34,7 +39,7 @@ from .base import (
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 #: The schema this release writes; a database at a higher version is refused.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 #: Seconds to connect, and for any one statement, before the store counts as down.
 TIMEOUT: Final = 10.0
@@ -67,13 +72,25 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         )
         """,
     ),
+    # Agent loops. Nullable columns without a default: PostgreSQL only changes
+    # the catalog (no table rewrite), so this is instant however many rows.
+    1: (
+        """
+        ALTER TABLE sse_engine_messages
+            ADD COLUMN tool_calls   text,  -- a JSON array, or NULL
+            ADD COLUMN tool_call_id text,
+            ADD COLUMN parts        text   -- a JSON array, or NULL
+        """,
+    ),
 }
 
-_COLUMNS: Final = "message_id, role, content, type, metadata, created_at"
+_COLUMNS: Final = (
+    "message_id, role, content, type, metadata, created_at, tool_calls, tool_call_id, parts"
+)
 
 _INSERT: Final = f"""
 INSERT INTO sse_engine_messages (parent_class, parent_id, {_COLUMNS})
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
 ON CONFLICT (parent_class, parent_id, message_id) DO NOTHING
 RETURNING seq
 """
@@ -85,7 +102,7 @@ WITH locked AS (
     SELECT pg_advisory_xact_lock(hashtextextended($1::text || chr(31) || $2::text, 0))
 )
 INSERT INTO sse_engine_messages (parent_class, parent_id, {_COLUMNS})
-SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM locked
+SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 FROM locked
 ON CONFLICT (parent_class, parent_id, message_id) DO NOTHING
 RETURNING seq
 """
@@ -109,6 +126,7 @@ _LOCK_CONVERSATION: Final = "SELECT pg_advisory_xact_lock(hashtextextended($1 ||
 
 
 def _message(row: Any) -> StoredMessage:
+    tool_calls, parts = row["tool_calls"], row["parts"]
     return StoredMessage(
         message_id=row["message_id"],
         role=row["role"],
@@ -116,7 +134,14 @@ def _message(row: Any) -> StoredMessage:
         type=row["type"],
         metadata=metadata_decoder.decode(row["metadata"]),
         created_at=row["created_at"],
+        tool_calls=None if tool_calls is None else objects_decoder.decode(tool_calls),
+        tool_call_id=row["tool_call_id"],
+        parts=None if parts is None else objects_decoder.decode(parts),
     )
+
+
+def _json(value: list[dict[str, Any]] | None) -> str | None:
+    return None if value is None else message_encoder.encode(value).decode()
 
 
 async def _migrate(conn: Any, url: str) -> None:
@@ -219,6 +244,9 @@ class PostgresStore(MemoryStore):
             message.type,
             message_encoder.encode(message.metadata).decode(),
             message.created_at,
+            _json(message.tool_calls),
+            message.tool_call_id,
+            _json(message.parts),
         )
         if seq is not None:
             return message

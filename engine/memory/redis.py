@@ -6,6 +6,10 @@ de-duplication. Both keys share a hash tag (``{...}``), so they live in one slot
 and one Lua script can touch both on Redis Cluster too. Every write runs as a
 single Lua script: atomic, one round trip, and it refreshes the TTL of both keys
 so a conversation expires ``ttl`` seconds after its last write.
+
+There is no schema to migrate: a message is its :class:`StoredMessage` JSON,
+and one written before ``tool_calls``, ``tool_call_id`` and ``parts`` existed
+lacks those keys and decodes with them None.
 """
 
 from __future__ import annotations

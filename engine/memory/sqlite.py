@@ -10,8 +10,10 @@ thread to finish.
 The file is in WAL mode (https://www.sqlite.org/wal.html): readers do not block
 the writer, and with ``synchronous=NORMAL`` a commit survives a crash or restart
 of the process; only a power cut may lose the last few commits. The schema is
-created at start-up and its version kept in ``PRAGMA user_version``, so a later
-release can migrate the file in place (:data:`_MIGRATIONS`).
+created at start-up and its version kept in ``PRAGMA user_version``, and an
+older file is migrated in place, in one transaction, when opened
+(:data:`_MIGRATIONS`): version 2 added the nullable ``tool_calls``,
+``tool_call_id`` and ``parts`` columns, which rows written before read as NULL.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from .base import (
     StoredMessage,
     message_encoder,
     metadata_decoder,
+    objects_decoder,
     translate_errors,
 )
 
@@ -37,7 +40,7 @@ __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 #: The schema this release writes. A file with a higher version was written by
 #: a newer release and is refused rather than misread.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 # _MIGRATIONS[n] takes a file from version n to n + 1, inside one transaction.
 # Version 0 is an empty file. One row per message; ``seq`` counts per
@@ -61,20 +64,29 @@ _MIGRATIONS: Final[dict[int, tuple[str, ...]]] = {
         ) WITHOUT ROWID
         """,
     ),
+    # Agent loops. ADD COLUMN only rewrites the schema, not the rows, so this is
+    # instant on any size of file; SQLite takes one column per statement.
+    1: (
+        "ALTER TABLE messages ADD COLUMN tool_calls TEXT",  # a JSON array, or NULL
+        "ALTER TABLE messages ADD COLUMN tool_call_id TEXT",
+        "ALTER TABLE messages ADD COLUMN parts TEXT",  # a JSON array, or NULL
+    ),
 }
 
 #: Seconds a write waits for another process's write lock before failing
 #: (sqlite3's own default is 5).
 BUSY_TIMEOUT: Final = 5.0
 
-_COLUMNS: Final = "message_id, role, content, type, metadata, created_at"
+_COLUMNS: Final = (
+    "message_id, role, content, type, metadata, created_at, tool_calls, tool_call_id, parts"
+)
 _ERRORS: Final = (sqlite3.Error, OSError)
 
-Row = tuple[str, str, str, str, str, float]
+Row = tuple[str, str, str, str, str, float, str | None, str | None, str | None]
 
 
 def _message(row: Row) -> StoredMessage:
-    message_id, role, content, kind, metadata, created_at = row
+    message_id, role, content, kind, metadata, created_at, tool_calls, tool_call_id, parts = row
     return StoredMessage(
         message_id=message_id,
         role=role,  # type: ignore[arg-type]  # only validated roles are written
@@ -82,7 +94,14 @@ def _message(row: Row) -> StoredMessage:
         type=kind,  # type: ignore[arg-type]  # only validated types are written
         metadata=metadata_decoder.decode(metadata),
         created_at=created_at,
+        tool_calls=None if tool_calls is None else objects_decoder.decode(tool_calls),
+        tool_call_id=tool_call_id,
+        parts=None if parts is None else objects_decoder.decode(parts),
     )
+
+
+def _json(value: list[dict[str, Any]] | None) -> str | None:
+    return None if value is None else message_encoder.encode(value).decode()
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -215,7 +234,7 @@ def _append(
             seq += 1
             conn.execute(
                 f"INSERT INTO messages (parent, parent_id, seq, {_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     parent,
                     parent_id,
@@ -226,6 +245,9 @@ def _append(
                     message.type,
                     message_encoder.encode(message.metadata).decode(),
                     message.created_at,
+                    _json(message.tool_calls),
+                    message.tool_call_id,
+                    _json(message.parts),
                 ),
             )
             stored.append(message)

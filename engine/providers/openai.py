@@ -25,11 +25,25 @@ __all__ = ["OpenAIProvider"]
 
 # Engine option -> request field. ``max_completion_tokens`` replaced the
 # deprecated ``max_tokens``, which reasoning models reject.
+# (``max_tokens`` goes under the provider's ``max_tokens_field``.) Every other
+# option is already in this API's form and goes as it came.
 _OPTIONS = {
-    "max_tokens": "max_completion_tokens",
-    "temperature": "temperature",
-    "top_p": "top_p",
-    "stop": "stop",
+    name: name
+    for name in (
+        "temperature",
+        "top_p",
+        "stop",
+        "parallel_tool_calls",
+        "response_format",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "reasoning_effort",
+        "user",
+    )
 }
 _ROLE = "assistant"
 
@@ -43,6 +57,7 @@ class _Delta(msgspec.Struct):
 class _Choice(msgspec.Struct):
     delta: _Delta | None = None
     finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class _ErrorView(msgspec.Struct):
@@ -65,6 +80,7 @@ class _MessageView(msgspec.Struct):
 class _ReplyChoice(msgspec.Struct):
     message: _MessageView
     finish_reason: str | None = None
+    logprobs: dict[str, Any] | None = None
 
 
 class _ReplyView(msgspec.Struct):
@@ -79,7 +95,7 @@ _encoder = msgspec.json.Encoder()
 
 
 class _Parser:
-    __slots__ = ("_finish", "_held", "_tools", "_usage", "done", "model")
+    __slots__ = ("_finish", "_held", "_logprobs", "_tools", "_usage", "done", "model")
 
     def __init__(self, model: str) -> None:
         self.model = model
@@ -87,6 +103,7 @@ class _Parser:
         self._finish: str | None = None
         self._held = ""
         self._tools: list[dict[str, Any]] | None = None
+        self._logprobs: dict[str, Any] | None = None
         self._usage: Usage | None = None
 
     def event(self, event: ServerSentEvent) -> Chunk | None:
@@ -114,11 +131,18 @@ class _Parser:
             self._held += content
             if tools:
                 self._tools = (self._tools or []) + tools
+            if choice.logprobs is not None:
+                self._logprobs = choice.logprobs
             return None
-        if not content and not tools:
+        if not content and not tools and choice.logprobs is None:
             return None  # the role-only first chunk
         return Chunk(
-            role=_ROLE, content=content, model=self.model, finish_reason=None, tool_calls=tools
+            role=_ROLE,
+            content=content,
+            model=self.model,
+            finish_reason=None,
+            tool_calls=tools,
+            logprobs=choice.logprobs,
         )
 
     def _final(self) -> Chunk:
@@ -129,6 +153,7 @@ class _Parser:
             finish_reason=self._finish,
             usage=self._usage,
             tool_calls=self._tools,
+            logprobs=self._logprobs,
         )
 
     def end(self) -> Chunk | None:
@@ -143,7 +168,7 @@ class OpenAIProvider(HTTPProvider):
 
     name = "openai"
     key_env = "OPENAI_API_KEY"
-    carries = frozenset({"max_tokens", "temperature", "top_p", "stop", "tools", "tool_choice"})
+    carries = frozenset({"max_tokens", "tools", "tool_choice", *_OPTIONS})
     default_base_url = "https://api.openai.com/v1"
 
     def request(
@@ -152,7 +177,10 @@ class OpenAIProvider(HTTPProvider):
         headers = {"Authorization": f"Bearer {self.http.api_key}"}
         if self.settings.organization:
             headers["OpenAI-Organization"] = self.settings.organization
+        # The engine's messages are this API's (engine.wire): sent as they are.
         body: dict[str, Any] = {"model": model, "messages": messages}
+        if options.max_tokens is not None:
+            body[self.settings.max_tokens_field] = options.max_tokens
         body.update(options_dict(options, _OPTIONS))
         if options.tools:
             # Already in this API's format: passed as they came.
@@ -180,4 +208,5 @@ class OpenAIProvider(HTTPProvider):
             finish_reason=choice.finish_reason,
             usage=view.usage,
             tool_calls=choice.message.tool_calls,
+            logprobs=choice.logprobs,
         )

@@ -25,7 +25,7 @@ from ..errors import (
     StoreUnavailable,
     StreamInterrupted,
 )
-from ..wire import Chunk, Usage
+from ..wire import Chunk, Usage, merge_tool_deltas
 from .coalesce import Coalescer
 
 if TYPE_CHECKING:
@@ -71,7 +71,12 @@ class ReplyMemory(Protocol):
 
     async def store_request(self) -> None: ...
 
-    async def store_reply(self, text: str, metadata: dict[str, Any]) -> None: ...
+    async def store_reply(
+        self,
+        text: str,
+        metadata: dict[str, Any],
+        tool_calls: list[dict[str, Any]] | None = None,
+    ) -> None: ...
 
 
 async def open_upstream(
@@ -133,11 +138,13 @@ async def open_upstream(
 class _Reply:
     """The text of the reply its client was sent, for memory, bounded."""
 
-    __slots__ = ("room", "seen")
+    __slots__ = ("calls", "room", "seen")
 
     def __init__(self) -> None:
         self.seen: list[str] = []
         self.room = MAX_STORED_REPLY_CHARS  # below 0: the rest is not kept
+        #: The reply's tool calls, whole (folded from the streamed deltas).
+        self.calls: list[dict[str, Any]] = []
 
     def keep(self, text: str) -> None:
         if self.room >= 0:
@@ -239,6 +246,8 @@ async def relay(
                             wait = send(data)
                             if memory is not None:
                                 reply.keep(chunk.content)
+                                if chunk.tool_calls:
+                                    merge_tool_deltas(reply.calls, chunk.tool_calls)
                             if wait is not None:
                                 await wait
                     except asyncio.CancelledError:
@@ -255,7 +264,7 @@ async def relay(
                     await stream.flush()
                     if memory is not None:
                         metadata = reply.metadata(stream_id, "stopped" if stopped else None)
-                        await memory.store_reply("".join(reply.seen), metadata)
+                        await memory.store_reply("".join(reply.seen), metadata, reply.calls)
                         memory = None
                     last = framing.finish(finish_reason, usage, n)
                     if log is not None:

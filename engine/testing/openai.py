@@ -84,8 +84,28 @@ class FakeOpenAI(FakeUpstream):
         return b"data: " + self.dumps(self.with_unknown(obj, script)) + b"\n\n"
 
     @staticmethod
-    def _choice(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def _choice(
+        delta: dict[str, Any],
+        finish: str | None = None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
+
+    @staticmethod
+    def _logprobs(body: dict[str, Any], tokens: list[str], first: int = 0) -> dict[str, Any] | None:
+        """OpenAI's ``choices[].logprobs`` for ``tokens``, when the request asked for them."""
+        if not body.get("logprobs"):
+            return None
+        top = int(body.get("top_logprobs") or 0)
+
+        def entry(token: str, n: int) -> dict[str, Any]:
+            return {"token": token, "logprob": -0.25 * n, "bytes": list(token.encode())}
+
+        content = [
+            {**entry(token, n), "top_logprobs": [entry(token, n + k) for k in range(top)]}
+            for n, token in enumerate(tokens, first)
+        ]
+        return {"content": content, "refusal": None}
 
     def _usage(self, script: Script) -> dict[str, Any]:
         prompt, completion = script.usage()
@@ -113,7 +133,9 @@ class FakeOpenAI(FakeUpstream):
         role = {"role": "assistant", "content": "", "refusal": None}
         yield Frame(chunk([self._choice(role)]))
         for index in range(script.token_count()):
-            yield Frame(chunk([self._choice({"content": script.token(index)})]), content=True)
+            token = script.token(index)
+            logprobs = self._logprobs(body, [token], index)
+            yield Frame(chunk([self._choice({"content": token}, None, logprobs)]), content=True)
         call = script.tool_call
         if call is not None:
             head = {
@@ -150,13 +172,15 @@ class FakeOpenAI(FakeUpstream):
         return json.dumps({"error": error}, indent=2).encode() + b"\n"
 
     def reply_body(self, script: Script, rec: Recorded) -> bytes:
+        tokens = [script.token(i) for i in range(script.token_count())]
+        call = script.tool_call
         message: dict[str, Any] = {
             "role": "assistant",
-            "content": "".join(script.token(i) for i in range(script.token_count())),
+            # A tool-call turn without text has `"content": null`, as OpenAI sends it.
+            "content": "".join(tokens) if tokens or call is None else None,
             "refusal": None,
             "annotations": [],
         }
-        call = script.tool_call
         if call is not None:
             message["tool_calls"] = [
                 {
@@ -174,7 +198,9 @@ class FakeOpenAI(FakeUpstream):
                 {
                     "index": 0,
                     "message": message,
-                    "logprobs": None,
+                    "logprobs": self._logprobs(
+                        rec.json if isinstance(rec.json, dict) else {}, tokens
+                    ),
                     "finish_reason": script.finish,
                 }
             ],
