@@ -219,7 +219,9 @@ async def _reply(provider, messages, options=None, *, stream):
     """(text, tool-call deltas) of one reply, through ``stream()`` or ``send()``."""
     if not stream:
         reply = await provider.send(messages, options=options)
-        return reply.content, reply.tool_calls or []
+        calls = reply.tool_calls or []
+        assert all("index" not in call for call in calls)  # whole calls, as OpenAI's message
+        return reply.content, [{"index": i, **call} for i, call in enumerate(calls)]
     text, calls = "", []
     async for chunk in provider.stream(messages, options=options):
         text += chunk.content

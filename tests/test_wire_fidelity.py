@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import openai
+import pydantic
 import pytest
 
 from engine import create_app
 from engine.gateway import Engine
-from engine.testing import FakeOpenAI, Script, ToolCall, serve
+from engine.sse import Decoder
+from engine.testing import FAKES, FakeOpenAI, Script, ToolCall, serve
 
 from .helpers import ScriptedProvider, make_config
 
@@ -451,3 +453,116 @@ async def test_logprobs_come_back_from_openai(openai_upstream, stream):
     assert "".join(t.token for t in tokens) == "Hello, world!"
     assert [len(t.top_logprobs) for t in tokens] == [2] * len(tokens)
     assert tokens[1].logprob == -0.25
+
+
+# -- every provider, by both endpoints ---------------------------------------------------------
+
+PROVIDERS = ["openai", "anthropic", "gemini"]
+
+
+@pytest.fixture
+async def any_upstream(request, gateway):
+    """The fake of ``request.param`` (checking every body it gets) and a gateway on it."""
+    name = request.param
+    fake = FAKES[name](strict=True) if name == "anthropic" else FAKES[name]()
+    async with serve(fake.app()) as url:
+        base = f"{url}/v1" if name == "openai" else url
+        gw = await gateway(providers={name: {"api_key": KEY, "base_url": base, "max_retries": 0}})
+        yield name, fake, gw
+
+
+def _rejected(fake) -> list[Any]:
+    return getattr(fake, "rejected", [])
+
+
+@pytest.mark.parametrize("any_upstream", PROVIDERS, indirect=True)
+async def test_a_tool_loop_goes_through_every_provider(any_upstream):
+    name, fake, gw = any_upstream
+    fake.push(Script(tokens=[], finish="tool_calls", tool_call=ToolCall("get_weather")))
+    first = await gw.sdk.chat.completions.create(
+        model=f"{name}/test-model", messages=HI, tools=[WEATHER]
+    )
+    (call,) = first.choices[0].message.tool_calls
+    assert first.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+    assistant = first.choices[0].message.model_dump(exclude_none=True)
+    result = {"role": "tool", "tool_call_id": call.id, "content": "21 C and sunny"}
+    reply = await gw.sdk.chat.completions.create(
+        model=f"{name}/test-model", messages=[*HI, assistant, result], tools=[WEATHER]
+    )
+    assert reply.choices[0].message.content == "Hello, world!"
+    assert len(fake.requests) == 2 and not _rejected(fake)  # the fake checked the pairing
+    sent = json.dumps(fake.requests[1].json)
+    assert "21 C and sunny" in sent and "get_weather" in sent
+
+
+@pytest.mark.parametrize("any_upstream", PROVIDERS, indirect=True)
+async def test_an_image_goes_through_every_provider(any_upstream):
+    name, fake, gw = any_upstream
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": PIXEL}},
+        ],
+    }
+    reply = await gw.sdk.chat.completions.create(model=f"{name}/test-model", messages=[message])
+    assert reply.choices[0].message.content == "Hello, world!"
+    assert not _rejected(fake)
+    data = PIXEL.partition(",")[2]
+    assert data in json.dumps(fake.requests[0].json)  # the image itself, base64
+
+
+class Weather(pydantic.BaseModel):
+    city: str
+    temp_c: float
+
+
+@pytest.mark.parametrize("any_upstream", PROVIDERS, indirect=True)
+async def test_structured_output_parses_through_every_provider(any_upstream):
+    name, fake, gw = any_upstream
+    fake.push(Script(tokens=['{"city": "Paris", ', '"temp_c": 21.5}']))
+    completion = await gw.sdk.beta.chat.completions.parse(
+        model=f"{name}/test-model", messages=HI, response_format=Weather
+    )
+    assert completion.choices[0].message.parsed == Weather(city="Paris", temp_c=21.5)
+    assert not _rejected(fake)
+    body = json.dumps(fake.requests[0].json)
+    assert '"temp_c"' in body  # the schema went upstream, in the provider's own field
+
+
+async def test_structured_output_from_the_mock_parses(gateway):
+    gw = await gateway()
+    completion = await gw.sdk.beta.chat.completions.parse(
+        model="mock/x", messages=HI, response_format=Weather
+    )
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, Weather)
+
+
+@pytest.mark.parametrize("any_upstream", PROVIDERS, indirect=True)
+async def test_the_native_stream_carries_a_tool_result_to_every_provider(any_upstream):
+    name, fake, gw = any_upstream
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    body = {
+        "provider": name,
+        "model": "test-model",
+        "messages": [
+            *HI,
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
+        ],
+        "options": {"tools": [WEATHER]},
+    }
+    resp = await gw.raw.post("/v1/chat/stream", json=body)
+    assert resp.status == 200
+    events = Decoder().feed(await resp.read())
+    assert events[-1].event == "done"
+    assert "".join(json.loads(e.data)["content"] for e in events[1:-1]) == "Hello, world!"
+    assert not _rejected(fake)
+    assert "21 C" in json.dumps(fake.requests[0].json)

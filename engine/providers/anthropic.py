@@ -641,9 +641,9 @@ class AnthropicProvider(HTTPProvider):
             if block.type == "text" and block.text:
                 text.append(block.text)
             elif block.type == "tool_use":
+                # Whole calls, as OpenAI's message.tool_calls: no `index` (a delta's).
                 tools.append(
                     {
-                        "index": len(tools),
                         "id": block.id,
                         "type": "function",
                         "function": {"name": block.name, "arguments": json.dumps(block.input)},

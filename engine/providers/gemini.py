@@ -492,5 +492,8 @@ class GeminiProvider(HTTPProvider):
             model=parser.model,
             finish_reason=finish,
             usage=_usage(view.usage_metadata),
-            tool_calls=tools,
+            # Whole calls, as OpenAI's message.tool_calls: no `index` (a delta's).
+            tool_calls=[{k: v for k, v in t.items() if k != "index"} for t in tools]
+            if tools
+            else None,
         )
