@@ -23,6 +23,7 @@ __all__ = [
     "Chunk",
     "DoneEvent",
     "ErrorEvent",
+    "EstimatedUsage",
     "FunctionCall",
     "ImagePart",
     "ImageURL",
@@ -43,6 +44,7 @@ __all__ = [
     "ToolCall",
     "Usage",
     "check_tool_results",
+    "estimate_tokens",
     "json_depth",
     "merge_tool_deltas",
 ]
@@ -252,6 +254,29 @@ class Usage(Struct, kw_only=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+
+
+class EstimatedUsage(Usage, kw_only=True):
+    """Usage the gateway estimated because the provider reported none (a stream cut or
+    stopped before its end, a server that sends no usage): ``"estimated": true``.
+
+    Prompt tokens are the request's characters / 4, completion tokens the chunks
+    relayed (about a token each): an order of magnitude for accounting, not a bill.
+    """
+
+    estimated: bool = True
+
+
+def estimate_tokens(messages: Sequence[Message]) -> int:
+    """About how many tokens ``messages`` are: four characters a token, images 85 each."""
+    total = 0
+    for message in messages:
+        total += len(message.text) // 4 + 4  # and a few for the role and framing
+        if isinstance(message.content, list):
+            total += 85 * sum(not isinstance(part, TextPart) for part in message.content)
+        for call in message.tool_calls or ():
+            total += (len(call.function.name) + len(call.function.arguments)) // 4 + 4
+    return total
 
 
 class Chunk(Struct, kw_only=True, omit_defaults=True):

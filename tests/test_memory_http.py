@@ -275,6 +275,8 @@ async def test_upstream_failure_keeps_what_was_shown(aiohttp_client):
         "partial": True,
         "reason": "error",
         "stream_id": stored[1]["metadata"]["stream_id"],
+        # The provider reported no usage before it failed: the gateway's estimate.
+        "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5, "estimated": True},
     }
 
 

@@ -45,6 +45,9 @@ async def test_stop_ends_a_native_stream_with_done_stopped_and_keeps_the_partial
     assert [e.event for e in rest] == ["done"]
     done = json.loads(rest[0].data)
     assert done["finish_reason"] == "stopped"
+    # The provider reported no usage before the Stop: the gateway's estimate, flagged.
+    usage = {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6, "estimated": True}
+    assert done["usage"] == usage
     assert rest[0].id == f"{sid}:3"
     # Every reader gets the same end.
     followed = Decoder().feed(await follower.read())
@@ -55,6 +58,7 @@ async def test_stop_ends_a_native_stream_with_done_stopped_and_keeps_the_partial
     reply = (await conv.get_messages())[-1]
     assert reply.content == "t0 t1 "
     assert reply.metadata["partial"] is True and reply.metadata["reason"] == "stopped"
+    assert reply.metadata["usage"] == usage
     # Stopping again is not an error: it says how the stream ended.
     again = await client.post(f"/v1/streams/{sid}/stop")
     assert again.status == 200
@@ -74,6 +78,15 @@ async def test_stop_ends_an_openai_stream_with_its_normal_end(held):
     assert events[-1].data == "[DONE]"
     last = json.loads(events[-2].data)
     assert last["choices"][0]["finish_reason"] == "stopped"
+    # With include_usage a stopped stream's usage chunk is the estimate.
+    resp = await client.post(
+        "/v1/chat/completions", json={**body, "stream_options": {"include_usage": True}}
+    )
+    await read_until(resp, 3)
+    await client.post(f"/v1/streams/{resp.headers['X-Stream-Id']}/stop")
+    events = Decoder().feed(await resp.read())
+    usage = json.loads(events[-2].data)["usage"]
+    assert usage["estimated"] is True and usage["completion_tokens"] == 2
 
 
 async def test_stop_of_a_finished_stream_says_how_it_ended_and_an_unknown_one_is_404(held):

@@ -26,7 +26,7 @@ from ..streams import EventStream
 from ..streams.generation import Generation, Generations, outlive_client
 from ..streams.log import StreamLog
 from ..streams.relay import open_upstream, relay
-from ..wire import ChatRequest, Message, Options, Reply, check_tool_results
+from ..wire import ChatRequest, Message, Options, Reply, check_tool_results, estimate_tokens
 from ._io import json_response, read_json
 from .streams import LAST_EVENT_ID, resume
 
@@ -152,9 +152,10 @@ async def _open_stream(request: web.Request, body: ChatRequest) -> _Opened | web
         supervisor=engine.supervisor,
         deadline=engine.config.header_deadline,
     )
-    del messages
     if chunks is None:
         return stream.response or web.Response(status=499)
+    chunks.prompt_estimate = estimate_tokens(messages)
+    del messages
     sid = uuid.uuid4().hex
     log = engine.registry.open(sid) if engine.registry is not None else None
     framing = NativeFraming(sid, provider.name, chunks.model)

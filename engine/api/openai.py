@@ -51,7 +51,7 @@ from ..providers import PROVIDERS, ChunkStream, Provider
 from ..streams import EventStream
 from ..streams.generation import Generation, Generations
 from ..streams.relay import open_upstream, relay
-from ..wire import ChatRequest, SessionRef
+from ..wire import ChatRequest, SessionRef, estimate_tokens
 from ._io import json_response, read_json
 from .chat import attach_memory, send_reply
 
@@ -189,6 +189,7 @@ async def _start_completion(
     )
     if chunks is None:
         return stream.response or web.Response(status=499)
+    chunks.prompt_estimate = estimate_tokens(messages)
     framing = OpenAIFraming(cid, created, shown(chunks.model), include_usage)
     generation = engine.generations.start(cid)
     return stream, chunks, framing, memory, cid, None, generation, engine.generations

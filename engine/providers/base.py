@@ -44,7 +44,7 @@ class ChunkStream(AsyncIterator[Chunk]):
     request.
     """
 
-    __slots__ = ("_chunks", "_on_close", "_closed", "model")
+    __slots__ = ("_chunks", "_on_close", "_closed", "model", "prompt_estimate")
 
     def __init__(
         self,
@@ -58,6 +58,9 @@ class ChunkStream(AsyncIterator[Chunk]):
         self._closed = False
         #: The model that answers, as far as is known before the first chunk.
         self.model = model
+        #: About how many tokens the request was (engine.wire.estimate_tokens), set
+        #: by whoever opened it: the prompt side of an estimated usage.
+        self.prompt_estimate = 0
 
     def __aiter__(self) -> ChunkStream:
         return self

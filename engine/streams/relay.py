@@ -16,6 +16,7 @@ import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import msgspec
 from aiohttp import web
 
 from ..errors import (
@@ -25,7 +26,7 @@ from ..errors import (
     StoreUnavailable,
     StreamInterrupted,
 )
-from ..wire import Chunk, Usage, merge_tool_deltas
+from ..wire import Chunk, EstimatedUsage, Usage, merge_tool_deltas
 from .coalesce import Coalescer
 
 if TYPE_CHECKING:
@@ -262,8 +263,13 @@ async def relay(
                         stopped, finish_reason = True, "stopped"
                         await chunks.aclose()  # the upstream is closed now, not after the rest
                     await stream.flush()
+                    if usage is None:
+                        # Stopped, or a server that sends none: say about what it was.
+                        usage = _estimate(chunks, n)
                     if memory is not None:
                         metadata = reply.metadata(stream_id, "stopped" if stopped else None)
+                        if isinstance(usage, EstimatedUsage):
+                            metadata["usage"] = msgspec.to_builtins(usage)
                         await memory.store_reply("".join(reply.seen), metadata, reply.calls)
                         memory = None
                     last = framing.finish(finish_reason, usage, n)
@@ -295,7 +301,7 @@ async def relay(
             log.end(framing.error(reason, n))
         # `memory` is None once the whole reply was stored.
         if memory is not None and reply.seen:
-            await _store_partial(memory, reply, stream, stream_id)
+            await _store_partial(memory, reply, stream, stream_id, _estimate(chunks, n))
     return stream.response or web.Response(status=499)
 
 
@@ -312,11 +318,18 @@ def _withdrawn() -> bool:
     return task is not None and task.uncancel() == 0
 
 
+def _estimate(chunks: ChunkStream, n: int) -> EstimatedUsage:
+    prompt = chunks.prompt_estimate
+    return EstimatedUsage(prompt_tokens=prompt, completion_tokens=n, total_tokens=prompt + n)
+
+
 async def _store_partial(
-    memory: ReplyMemory, reply: _Reply, stream: EventStream, stream_id: str
+    memory: ReplyMemory, reply: _Reply, stream: EventStream, stream_id: str, usage: Usage
 ) -> None:
-    """Keep what the user saw of a reply that did not finish (USERS-ASK 5)."""
+    """Keep what the user saw of a reply that did not finish (USERS-ASK 5), and about
+    what it cost (the provider reported nothing before the end)."""
     metadata = reply.metadata(stream_id, stream.end_reason)
+    metadata["usage"] = msgspec.to_builtins(usage)
     try:
         await memory.store_reply(reply.text_shown(stream.queued), metadata)
     except StoreUnavailable:
