@@ -102,6 +102,12 @@ class ProviderSettings(Struct, kw_only=True, forbid_unknown_fields=True, omit_de
         return f"ProviderSettings(base_url={self.base_url!r}, model={self.model!r}, api_key={key})"
 
 
+FallbackName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+FallbackTargets = Annotated[
+    list[Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]+/\S+$")]], Meta(min_length=1, max_length=8)
+]
+
+
 class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     """Everything the engine is configured with."""
 
@@ -155,6 +161,9 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     #: Seconds a conversation is kept by stores that expire keys (Redis).
     memory_ttl: Annotated[int, Meta(ge=1)] = 30 * 24 * 3600
     providers: dict[str, ProviderSettings] = msgspec.field(default_factory=dict)
+    #: Model names that try several ``provider/model`` targets in turn, the next
+    #: one when a target fails before its first byte (engine.providers.fallback).
+    fallbacks: dict[FallbackName, FallbackTargets] = msgspec.field(default_factory=dict)
 
     def provider_settings(self, name: str) -> ProviderSettings:
         """The settings for ``name``, defaults filled in (the model above all)."""

@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from .config import Config
-from .errors import EngineError
+from .errors import EngineError, UnknownProvider
 from .providers import Provider, create_provider, resolve
 from .streams import EventStream, StreamSupervisor
 from .streams.generation import Generations
@@ -97,12 +97,28 @@ class Engine:
         provider = self._providers.get(name)
         if provider is not None:
             return provider
+        targets = self.config.fallbacks.get(name)
+        if targets is not None:
+            provider = self._fallback(name, targets)
+            self._providers[name] = provider
+            return provider
         canonical = resolve(name)
         provider = self._providers.get(canonical)
         if provider is None:
             provider = create_provider(canonical, self.config, session=self.session)
             self._providers[canonical] = provider
         return provider
+
+    def _fallback(self, name: str, targets: list[str]) -> Provider:
+        from .providers.fallback import Fallback
+
+        resolved = []
+        for target in targets:
+            prefix, _, model = target.partition("/")
+            if prefix in self.config.fallbacks:
+                raise UnknownProvider(f"fallback {name!r}: {target!r} names another fallback")
+            resolved.append((self.provider(prefix), model, target))
+        return Fallback(name, resolved)
 
     def add_provider(self, provider: Provider, name: str | None = None) -> None:
         """Serve ``provider`` under ``name`` (default: its own name), e.g. a custom adapter.

@@ -48,6 +48,7 @@ from ..gateway import ENGINE, Engine
 from ..memory.history import ChatMemory
 from ..middleware import SERVER_HEADER, error_dialect, expect_handler
 from ..providers import PROVIDERS, ChunkStream, Provider
+from ..providers.fallback import Fallback
 from ..streams import EventStream
 from ..streams.generation import Generation, Generations
 from ..streams.relay import open_upstream, relay
@@ -63,6 +64,8 @@ SESSION_PARENT_HEADER = "X-Session-Parent"
 SESSION_ID_HEADER = "X-Session-Id"
 #: The response header naming a completion stream's id, for Stop.
 STREAM_ID_HEADER = "X-Stream-Id"
+#: The response header naming the ``provider/model`` a fallback's reply came from.
+TARGET_HEADER = "X-Model-Target"
 _HEADERS = {"Server": SERVER_HEADER}
 
 
@@ -76,6 +79,9 @@ def route(engine: Engine, model: str) -> tuple[Provider, str | None, str]:
     """
     prefix, slash, name = model.partition("/")
     if not slash:
+        if model in engine.config.fallbacks:
+            # Its replies name the target that answered, `provider/model`.
+            return engine.provider(model), None, ""
         return engine.provider(None), model or None, ""
     try:
         provider = engine.provider(prefix)
@@ -163,18 +169,20 @@ async def _start_completion(
         completion = ChatCompletion(
             id=cid, created=created, model=shown(reply.model), choices=[choice], usage=reply.usage
         )
-        return json_response(completion)
+        target = {TARGET_HEADER: reply.model} if isinstance(provider, Fallback) else None
+        return json_response(completion, headers=target)
 
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     # No retry: and no id: fields, unlike the native stream: OpenAI sends neither,
     # and the SDK's decoder dispatches a retry-only event (or, once an id was
     # seen, a comment) as an empty event it then fails to parse as JSON.
+    headers = {**_HEADERS, STREAM_ID_HEADER: cid}
     stream = EventStream(
         request,
         supervisor=engine.supervisor,
         send_timeout=engine.config.send_timeout,
         # The id POST /v1/streams/{id}/stop takes.
-        headers={**_HEADERS, STREAM_ID_HEADER: cid},
+        headers=headers,
         error_frame=error_frame,
         scrub=engine.scrub,
     )
@@ -190,6 +198,8 @@ async def _start_completion(
     if chunks is None:
         return stream.response or web.Response(status=499)
     chunks.prompt_estimate = estimate_tokens(messages)
+    if isinstance(provider, Fallback) and not stream.prepared:
+        headers[TARGET_HEADER] = chunks.model  # (read when the headers go out)
     framing = OpenAIFraming(cid, created, shown(chunks.model), include_usage)
     generation = engine.generations.start(cid)
     return stream, chunks, framing, memory, cid, None, generation, engine.generations
