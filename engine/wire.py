@@ -149,12 +149,29 @@ class FunctionCall(Struct, kw_only=True, forbid_unknown_fields=True):
     arguments: str
 
 
-class ToolCall(Struct, kw_only=True, forbid_unknown_fields=True):
-    """One tool call of an assistant message (OpenAI's shape)."""
+class GoogleExtra(Struct, kw_only=True, forbid_unknown_fields=True):
+    #: Gemini 3's signature of the thinking behind a call, which it wants back with it.
+    thought_signature: Annotated[str, Meta(max_length=1_000_000)]
+
+
+class ExtraContent(Struct, kw_only=True, forbid_unknown_fields=True):
+    google: GoogleExtra
+
+
+class ToolCall(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One tool call of an assistant message (OpenAI's shape).
+
+    ``extra_content`` is the form Google's own OpenAI-compatible endpoint uses for
+    Gemini's thought signature: the gemini provider sends it out on each call it
+    returns, and takes it back on the next turn (others have no use for it).
+    """
 
     id: Annotated[str, Meta(min_length=1)]
     function: FunctionCall
+    #: Left out when encoded (``omit_defaults``, for ``extra_content``): a body
+    #: that needs it (OpenAI's) puts it back (engine.providers.openai).
     type: Literal["function"] = "function"
+    extra_content: ExtraContent | None = None
 
 
 class Message(Struct, kw_only=True, omit_defaults=True):

@@ -566,3 +566,57 @@ async def test_the_native_stream_carries_a_tool_result_to_every_provider(any_ups
     assert "".join(json.loads(e.data)["content"] for e in events[1:-1]) == "Hello, world!"
     assert not _rejected(fake)
     assert "21 C" in json.dumps(fake.requests[0].json)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_gemini_thought_signatures_make_the_round_trip(gateway, stream):
+    """Gemini 3 signs each call and refuses it back unsigned: the signature travels in the
+    call's `extra_content.google.thought_signature` (Google's own OpenAI-compatible form)."""
+    from engine.testing.gemini import GeminiScript
+
+    fake = FAKES["gemini"]()
+    async with serve(fake.app()) as url:
+        gw = await gateway(providers={"gemini": {"api_key": KEY, "base_url": url}})
+        fake.push(
+            GeminiScript(
+                tokens=[],
+                finish="tool_calls",
+                tool_call=ToolCall("get_weather", id="c1"),
+                call_ids=True,
+                signatures=True,
+            )
+        )
+        first = await gw.sdk.chat.completions.create(
+            model="gemini/test-model", messages=HI, tools=[WEATHER], stream=stream
+        )
+        if stream:
+            deltas = [d async for c in first for d in (c.choices[0].delta.tool_calls or [])]
+            (head,) = deltas
+            call = head.model_dump(exclude_none=True)
+            call.pop("index")
+        else:
+            call = first.choices[0].message.tool_calls[0].model_dump(exclude_none=True)
+        assert call["extra_content"] == {"google": {"thought_signature": "sig-c1"}}
+        assistant = {"role": "assistant", "tool_calls": [call]}
+        result = {"role": "tool", "tool_call_id": call["id"], "content": "21 C"}
+        await gw.sdk.chat.completions.create(
+            model="gemini/test-model", messages=[*HI, assistant, result], tools=[WEATHER]
+        )
+    model_turn = fake.requests[1].json["contents"][1]
+    assert model_turn["parts"][0]["thoughtSignature"] == "sig-c1"
+
+
+async def test_a_gemini_signature_is_not_sent_to_openai(openai_upstream):
+    fake, start = openai_upstream
+    gw = await start()
+    signed = {
+        **TOOL_TURN["tool_calls"][0],
+        "extra_content": {"google": {"thought_signature": "sig"}},
+    }
+    messages = [
+        *HI,
+        {"role": "assistant", "tool_calls": [signed]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21 C"},
+    ]
+    await gw.sdk.chat.completions.create(model="openai/gpt-test", messages=messages)
+    assert fake.requests[0].json["messages"][1]["tool_calls"] == TOOL_TURN["tool_calls"]

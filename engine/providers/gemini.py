@@ -99,6 +99,7 @@ class _Part(msgspec.Struct, rename="camel"):
     text: str | None = None
     thought: bool = False
     function_call: dict[str, Any] | None = None
+    thought_signature: str | None = None
 
 
 class _Content(msgspec.Struct):
@@ -206,7 +207,11 @@ def _model_parts(message: Message, index: int) -> list[dict[str, Any]]:
                 f"args are one), got {text[:40]!r}",
                 field=where,
             )
-        parts.append({"functionCall": {"name": call.function.name, "args": args}})
+        part: dict[str, Any] = {"functionCall": {"name": call.function.name, "args": args}}
+        if call.extra_content is not None:
+            # Gemini 3 refuses a call replayed without the signature it came with.
+            part["thoughtSignature"] = call.extra_content.google.thought_signature
+        parts.append(part)
     return parts
 
 
@@ -383,7 +388,12 @@ class _Parser:
                     text.append(part.text)
                 elif part.function_call is not None:
                     tools = tools or []
-                    tools.append(self._call(part.function_call))
+                    call = self._call(part.function_call)
+                    if part.thought_signature:
+                        call["extra_content"] = {
+                            "google": {"thought_signature": part.thought_signature}
+                        }
+                    tools.append(call)
         reason = candidate.finish_reason
         finish = None
         if reason is not None and reason != "FINISH_REASON_UNSPECIFIED":

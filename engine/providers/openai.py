@@ -163,6 +163,23 @@ class _Parser:
         return self._final()
 
 
+def _messages(messages: Sequence[Message]) -> Sequence[Message] | list[dict[str, Any]]:
+    """``messages`` as this API takes them: as they are, unless a tool call is among them.
+
+    A tool call then gets its ``type`` (which the engine's encoding leaves out, see
+    ``wire.ToolCall``) and loses Gemini's ``extra_content`` (a conversation that
+    changed provider).
+    """
+    if not any(m.tool_calls for m in messages):
+        return messages
+    out: list[dict[str, Any]] = msgspec.to_builtins(messages)
+    for message in out:
+        for call in message.get("tool_calls", ()):
+            call["type"] = "function"
+            call.pop("extra_content", None)
+    return out
+
+
 class OpenAIProvider(HTTPProvider):
     """Chat Completions; ``OPENAI_BASE_URL`` points it at any compatible server."""
 
@@ -177,8 +194,9 @@ class OpenAIProvider(HTTPProvider):
         headers = {"Authorization": f"Bearer {self.http.api_key}"}
         if self.settings.organization:
             headers["OpenAI-Organization"] = self.settings.organization
-        # The engine's messages are this API's (engine.wire): sent as they are.
-        body: dict[str, Any] = {"model": model, "messages": messages}
+        # The engine's messages are this API's (engine.wire): sent as they are,
+        # bar Gemini's thought signatures (a conversation that changed provider).
+        body: dict[str, Any] = {"model": model, "messages": _messages(messages)}
         if options.max_tokens is not None:
             body[self.settings.max_tokens_field] = options.max_tokens
         body.update(options_dict(options, _OPTIONS))

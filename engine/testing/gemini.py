@@ -59,11 +59,14 @@ class GeminiScript(Script):
 
     ``tool_calls``: parallel calls, sent as several ``functionCall`` parts of one
     response (``tool_call`` is one more, first, if set too); ``call_ids``: put
-    each call's ``id`` on its ``functionCall``, as newer models do.
+    each call's ``id`` on its ``functionCall``, as newer models do;
+    ``signatures``: a ``thoughtSignature`` on each call part, as Gemini 3 sends
+    (``sig-<call id>``), which it wants back on the next turn.
     """
 
     tool_calls: Sequence[ToolCall] = ()
     call_ids: bool = False
+    signatures: bool = False
 
 
 def _calls(script: Script) -> list[ToolCall]:
@@ -77,7 +80,10 @@ def _call_part(script: Script, call: ToolCall) -> dict[str, Any]:
     function: dict[str, Any] = {"name": call.name, "args": json.loads("".join(call.arguments))}
     if isinstance(script, GeminiScript) and script.call_ids:
         function["id"] = call.id
-    return {"functionCall": function}
+    part: dict[str, Any] = {"functionCall": function}
+    if isinstance(script, GeminiScript) and script.signatures:
+        part["thoughtSignature"] = f"sig-{call.id}"
+    return part
 
 
 # -- what the fake accepts: the v1beta field names, and Gemini's rules on turns ---------
