@@ -1,12 +1,18 @@
-"""The routes, one ``RouteTableDef`` per subject: native chat, resume, OpenAI, memory."""
+"""The routes, one ``RouteTableDef`` per subject: native chat, resume, OpenAI, Anthropic, memory."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from . import chat, memory, openai, streams
+from . import anthropic, chat, memory, openai, streams
 
 __all__ = ["ROUTES"]
 
 #: Every route table of the gateway, in the order ``create_app`` adds them.
-ROUTES: tuple[web.RouteTableDef, ...] = (chat.routes, streams.routes, openai.routes, memory.routes)
+ROUTES: tuple[web.RouteTableDef, ...] = (
+    chat.routes,
+    streams.routes,
+    openai.routes,
+    anthropic.routes,
+    memory.routes,
+)
