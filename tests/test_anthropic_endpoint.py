@@ -211,3 +211,43 @@ async def test_memory_headers_keep_the_conversation(gateway):
     await sdk.messages.create(model="mock/x", max_tokens=3, messages=HI, extra_headers=headers)
     stored = (await (await raw.get("/v1/memory/Claude/1")).json())["messages"]
     assert [m["role"] for m in stored] == ["user", "assistant"]
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "temp_c": {"type": "number"}},
+    "required": ["city", "temp_c"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic", "gemini"])
+async def test_structured_output_and_an_image_through_every_provider(gateway, name):
+    from engine.testing import FAKES
+
+    fake = FAKES[name]()
+    async with serve(fake.app()) as url:
+        base = f"{url}/v1" if name == "openai" else url
+        providers = {name: {"api_key": KEY, "base_url": base, "max_retries": 0}}
+        sdk, _, _ = await gateway(providers=providers)
+        fake.push(Script(tokens=['{"city": "Paris", ', '"temp_c": 21.5}']))
+        image = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
+        message = await sdk.messages.create(
+            model=f"{name}/test-model",
+            max_tokens=100,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Weather in this picture?"},
+                        {"type": "image", "source": image},
+                    ],
+                }
+            ],
+            extra_body={"output_config": {"format": {"type": "json_schema", "schema": SCHEMA}}},
+        )
+    assert json.loads(message.content[0].text) == {"city": "Paris", "temp_c": 21.5}
+    body = json.dumps(fake.requests[0].json)
+    assert "iVBORw0KGgo=" in body  # the image, in the provider's own form
+    assert '"temp_c"' in body  # and the schema
+    assert not getattr(fake, "rejected", [])

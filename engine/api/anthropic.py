@@ -131,6 +131,7 @@ async def _start_message(request: web.Request) -> web.StreamResponse | _Opened:
     )
     if chunks is None:
         return stream.response or web.Response(status=499)
+    chunks.prompt_estimate = estimate_tokens(messages, chat.options)  # (an estimated usage)
     framing = AnthropicFraming(mid, shown(chunks.model))
     generation = engine.generations.start(mid)
     return stream, chunks, framing, memory, mid, None, generation, engine.generations
