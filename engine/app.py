@@ -43,6 +43,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
         await engine.open_memory()
     except StoreUnavailable as exc:
         log.warning("memory store unavailable at start-up: %s", exc.message)
+    await engine.open_keys()
     yield
     await engine.aclose()
 

@@ -91,7 +91,62 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", choices=["debug", "info", "warning", "error"], help="default info"
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        default=None,
+        help="listen on a non-loopback address with no client keys (anyone may use it)",
+    )
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        metavar="ORIGIN",
+        help="an origin whose pages may call the gateway (repeatable; default none)",
+    )
+    serve.add_argument(
+        "--max-streams", type=int, help="generations at once, all keys together (0: no cap)"
+    )
+    serve.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        help="connections at once from one address (0: no cap)",
+    )
+    keys = commands.add_parser("keys", help="client keys for the config file")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_commands.add_parser("new", help="print a new client key and the config lines for it")
     return parser
+
+
+def _new_key() -> int:
+    """``sse-engine keys new``: a key, and the TOML that accepts it without holding it."""
+    from .keys import hash_key, new_key
+
+    secret = new_key()
+    print(f"key:  {secret}")
+    print("config (the hash; the key itself is not stored):")
+    print("  [keys.my-app]")
+    print(f'  hash = "{hash_key(secret)}"')
+    return 0
+
+
+def refuse_open(config: Config) -> str | None:
+    """Why ``serve`` must not start as configured, or None.
+
+    No key means anyone who reaches the port spends the provider keys and reads
+    every conversation: fine on loopback, not on a network, unless the operator
+    says so.
+    """
+    from .hosts import is_loopback
+
+    if config.keys or config.admin_key or config.allow_anonymous or is_loopback(config.host):
+        return None
+    return (
+        f"refusing to listen on {config.host} with no client keys: anyone who reaches it "
+        "would spend your provider keys. Add a key (`sse-engine keys new` prints one for "
+        "the config's [keys] table), or set SSE_ENGINE_ADMIN_KEY and create keys with "
+        "POST /v1/admin/keys; or pass --allow-anonymous to accept the risk"
+    )
 
 
 def _use_uvloop() -> str:
@@ -152,11 +207,17 @@ def _load_config(args: argparse.Namespace) -> Config:
         max_detach=args.max_detach,
         memory_url=args.memory_url,
         log_level=args.log_level,
+        allow_anonymous=args.allow_anonymous,
+        cors_origins=args.cors_origins,
+        max_streams=args.max_streams,
+        max_connections_per_ip=args.max_connections_per_ip,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "keys":
+        return _new_key()
     try:
         config = _load_config(args)
         from .providers import resolve
@@ -164,6 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         resolve(config.provider)
     except EngineError as exc:
         print(f"sse-engine: {exc.message}", file=sys.stderr)
+        return 2
+    refusal = refuse_open(config)
+    if refusal is not None:
+        print(f"sse-engine: {refusal}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

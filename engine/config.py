@@ -26,9 +26,10 @@ import msgspec
 from msgspec import Meta, Struct
 
 from .errors import InvalidFields
+from .keys import KeyPolicy
 from .wire import MAX_HISTORY
 
-__all__ = ["DEFAULT_MODELS", "MAX_HISTORY_LIMIT", "Config", "ProviderSettings"]
+__all__ = ["DEFAULT_MODELS", "MAX_HISTORY_LIMIT", "Config", "KeyConfig", "ProviderSettings"]
 
 #: The model each provider uses when neither the request nor the config names one.
 DEFAULT_MODELS: dict[str, str] = {
@@ -66,6 +67,9 @@ _ENGINE_ENV: dict[str, str] = {
     "host": "ENGINE_HOST",
     "port": "ENGINE_PORT",
     "log_level": "ENGINE_LOG_LEVEL",
+    "admin_key": "SSE_ENGINE_ADMIN_KEY",
+    "token_secret": "SSE_ENGINE_TOKEN_SECRET",
+    "limits_url": "SSE_ENGINE_LIMITS_URL",
 }
 
 Seconds = Annotated[float, Meta(gt=0)]
@@ -100,6 +104,24 @@ class ProviderSettings(Struct, kw_only=True, forbid_unknown_fields=True, omit_de
         # Keep keys out of reprs, tracebacks and logs.
         key = "***" if self.api_key else None
         return f"ProviderSettings(base_url={self.base_url!r}, model={self.model!r}, api_key={key})"
+
+
+class KeyConfig(KeyPolicy, kw_only=True, forbid_unknown_fields=True):
+    """A client key in the TOML file (``[keys.<alias>]``): the secret or its hash, and its policy.
+
+    ``key`` is the secret itself (``sk-sse-...``, from ``sse-engine keys new``);
+    ``hash`` its SHA-256 in hex, for a file that must not hold secrets. One of the two.
+    """
+
+    key: Annotated[str, Meta(min_length=20, max_length=512)] | None = None
+    hash: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.key is None) == (self.hash is None):
+            raise ValueError("a key needs exactly one of `key` and `hash`")
+
+    def __repr__(self) -> str:
+        return f"KeyConfig(key={'***' if self.key else None}, hash={self.hash!r})"
 
 
 FallbackName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
@@ -164,6 +186,40 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     #: Model names that try several ``provider/model`` targets in turn, the next
     #: one when a target fails before its first byte (engine.providers.fallback).
     fallbacks: dict[FallbackName, FallbackTargets] = msgspec.field(default_factory=dict)
+    #: Client keys from the file, by alias (more are made through the admin API).
+    #: With none here, none stored and no ``admin_key``, the gateway is open to
+    #: anyone who reaches it, which it allows only on a loopback address.
+    keys: dict[FallbackName, KeyConfig] = msgspec.field(default_factory=dict)
+    #: The key of the admin API (``/v1/admin/keys``); it may do everything.
+    admin_key: Annotated[str, Meta(min_length=20, max_length=512)] | None = None
+    #: Signs the short-lived tokens of ``POST /v1/tokens``; derived from
+    #: ``admin_key`` when unset (random per process when neither is set).
+    token_secret: Annotated[str, Meta(min_length=20)] | None = None
+    #: Seconds a minted token is valid, at most (a request may ask for less).
+    token_ttl: Annotated[float, Meta(ge=10, le=86_400)] = 600.0
+    #: Listen on a non-loopback address with no keys (anyone may spend the provider keys).
+    allow_anonymous: bool = False
+    #: Origins whose pages may call the gateway (CORS); none by default.
+    cors_origins: list[str] = msgspec.field(default_factory=list)
+    #: Generations running at once in this process, all keys together (503 beyond; 0: no cap).
+    max_streams: Annotated[int, Meta(ge=0)] = 0
+    #: Connections open at once from one client address (``serve``; 0: no cap).
+    max_connections_per_ip: Annotated[int, Meta(ge=0)] = 0
+    #: Where per-key counters live: ``redis://...`` shares them across workers and
+    #: boxes; unset, each process counts for itself.
+    limits_url: str | None = None
+    #: Seconds between re-reads of the stored keys (changes made elsewhere show within it).
+    key_refresh: Seconds = 5.0
+
+    def __repr__(self) -> str:
+        # The admin key and the token secret stay out of reprs, tracebacks and logs.
+        shown = []
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            if name in ("admin_key", "token_secret") and value is not None:
+                value = "***"
+            shown.append(f"{name}={value!r}")
+        return f"Config({', '.join(shown)})"
 
     def provider_settings(self, name: str) -> ProviderSettings:
         """The settings for ``name``, defaults filled in (the model above all)."""

@@ -11,6 +11,8 @@ Tree::
     EngineError                      500 engine_error
     ├── BadRequest                   400 bad_request
     │   └── UnknownProvider          400 unknown_provider
+    ├── Unauthorized                 401 unauthorized        (no key, a wrong or expired one)
+    ├── Forbidden                    403 forbidden           (the key may not do that)
     ├── NotFound                     404 not_found
     │   └── StreamNotFound           404 stream_not_found
     ├── RequestTimeout               408 request_timeout
@@ -21,6 +23,9 @@ Tree::
     ├── HostNotAllowed               421 host_not_allowed
     ├── UnsupportedMediaType         415 unsupported_media_type
     ├── InvalidFields                422 invalid_fields
+    ├── RateLimited                  429 rate_limit_exceeded (a client key's limit)
+    │   └── QuotaExceeded            429 insufficient_quota  (its token budget is spent)
+    ├── Overloaded                   503 overloaded          (the gateway's stream cap)
     ├── ProviderNotConfigured        503 provider_not_configured
     ├── StoreUnavailable             503 store_unavailable
     ├── ShuttingDown                 503 shutdown
@@ -48,11 +53,15 @@ __all__ = [
     "ClientDisconnectedError",
     "EngineError",
     "ExpectationFailed",
+    "Forbidden",
     "HostNotAllowed",
     "InvalidFields",
     "NotFound",
+    "Overloaded",
     "PayloadTooLarge",
     "ProviderNotConfigured",
+    "QuotaExceeded",
+    "RateLimited",
     "RequestTimeout",
     "ResumeGap",
     "StreamInterrupted",
@@ -60,6 +69,7 @@ __all__ = [
     "SSEProtocolError",
     "ShuttingDown",
     "StoreUnavailable",
+    "Unauthorized",
     "UnknownProvider",
     "UnsupportedField",
     "UnsupportedMediaType",
@@ -106,6 +116,20 @@ class UnknownProvider(BadRequest):
     """Raised when a request names a provider the engine does not know."""
 
     type = "unknown_provider"
+
+
+class Unauthorized(EngineError):
+    """Raised when a request carries no client key, or one the gateway does not accept."""
+
+    status = 401
+    type = "unauthorized"
+
+
+class Forbidden(EngineError):
+    """Raised when a client key may not do what it asks (a model, the admin API, a stream)."""
+
+    status = 403
+    type = "forbidden"
 
 
 class NotFound(EngineError):
@@ -200,6 +224,32 @@ class UnsupportedField(BadRequest):
     def __init__(self, message: str, *, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+class RateLimited(EngineError):
+    """Raised when a client key is over one of its limits; ``retry_after`` says for how long."""
+
+    status = 429
+    type = "rate_limit_exceeded"
+    #: False when waiting cannot help (a request larger than the limit, a spent
+    #: budget): the response then tells the SDKs not to retry (``x-should-retry``).
+    retry: bool = True
+    #: The key's ``x-ratelimit-*`` headers, which a refusal carries too.
+    headers: dict[str, str] | None = None
+
+
+class QuotaExceeded(RateLimited):
+    """Raised when a client key's token budget for the period is spent (OpenAI's
+    ``insufficient_quota``: waiting a few seconds does not help)."""
+
+    type = "insufficient_quota"
+
+
+class Overloaded(EngineError):
+    """Raised when the gateway already relays as many streams as it may (``max_streams``)."""
+
+    status = 503
+    type = "overloaded"
 
 
 class ProviderNotConfigured(EngineError):

@@ -14,6 +14,8 @@ and ``create_app()`` holds one per application.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Coroutine
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,8 +23,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiohttp
 from aiohttp import web
 
+from .auth import Gatekeeper
 from .config import Config
-from .errors import EngineError, UnknownProvider
+from .errors import EngineError, StoreUnavailable, UnknownProvider
 from .providers import Provider, create_provider, resolve
 from .streams import EventStream, StreamSupervisor
 from .streams.generation import Generations
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
 __all__ = ["ENGINE", "Engine"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("engine.auth")
 
 
 class Engine:
@@ -56,6 +61,8 @@ class Engine:
         config = self.config
         #: Live generations by stream id, for Stop.
         self.generations = Generations()
+        #: Client keys, tokens and limits (engine.auth).
+        self.gate = Gatekeeper(config)
         # Tasks the engine owns (detached generations and their watches).
         self._tasks: set[asyncio.Task[Any]] = set()
         #: The logs of native streams, for resume (``None`` with ``resume = false``).
@@ -192,6 +199,34 @@ class Engine:
                     )
         return self._store
 
+    async def open_keys(self) -> None:
+        """Open the key store beside the memory store, read its keys, and keep them fresh.
+
+        A store that is down leaves the config's keys working; the refresh
+        retries every ``key_refresh`` seconds.
+        """
+        from .keystore import open_keystore
+
+        config = self.config
+        if config.limits_url:
+            from .limits_redis import open_limiter
+
+            self.gate.limiter = await open_limiter(config.limits_url)
+        try:
+            await self.gate.open(await open_keystore(config.memory_url))
+        except StoreUnavailable as exc:
+            log.warning("key store unavailable at start-up: %s", exc.message)
+            return
+        self.spawn(self._refresh_keys())
+
+    async def _refresh_keys(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.key_refresh)
+            try:
+                await self.gate.refresh()
+            except StoreUnavailable as exc:
+                log.warning("could not re-read the keys: %s", exc.message)
+
     def memory(self) -> MemoryStore:
         """The conversation store; ``store.for_parent("ChatSession", "42")`` scopes it.
 
@@ -219,6 +254,8 @@ class Engine:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.supervisor.aclose()
+        with contextlib.suppress(StoreUnavailable):
+            await self.gate.aclose()
         if self.registry is not None:
             await self.registry.aclose()
         providers, self._providers = list(self._providers.values()), {}

@@ -1,4 +1,4 @@
-"""Errors mapped to HTTP once, in the route's dialect; the Host check; ``Expect``.
+"""Errors mapped to HTTP once, in the route's dialect; keys; CORS; the Host check; ``Expect``.
 
 :func:`error_middleware` turns an :class:`~engine.errors.EngineError` raised
 before the response headers went out into the JSON body of the route's
@@ -8,6 +8,16 @@ dialect (native by default; a route registers another with
 :class:`~engine.streams.EventStream` sends the same fields as an event, in the
 dialect's ``error_frame``. aiohttp's own HTTP errors (404, 405) answer in the
 native shape.
+
+The same middleware authenticates the request (:meth:`Gatekeeper.authenticate
+<engine.auth.Gatekeeper.authenticate>`) before its route runs, so a 401 is
+rendered in the route's dialect too, and puts the principal in
+``request[PRINCIPAL]``. Routes marked :func:`public` need no key; routes marked
+:func:`query_token` also take ``?token=`` on ``GET`` (what an ``EventSource``
+can send). Headers a response must carry whatever its route sends (CORS, the
+rate-limit headers of an admitted request) collect in
+``request[EXTRA_HEADERS]``: merged into a JSON response here, and into a stream's
+headers by :class:`~engine.streams.EventStream` before they go out.
 """
 
 from __future__ import annotations
@@ -27,13 +37,21 @@ from .errors import (
 )
 from .gateway import ENGINE
 from .hosts import HostCheck
+from .keys import ANONYMOUS, Principal
+from .limits import Admission
+from .streams.response import EXTRA_HEADERS
 
 __all__ = [
+    "ADMISSION",
+    "EXTRA_HEADERS",
+    "PRINCIPAL",
     "SERVER_HEADER",
     "error_dialect",
     "error_middleware",
     "expect_handler",
     "guarded",
+    "public",
+    "query_token",
     "render_error",
 ]
 
@@ -51,6 +69,59 @@ _RENDERERS: dict[Callable[..., Any], ErrorRenderer] = {}
 SERVER_HEADER = "sse-engine"
 
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+#: Who the request is (set for every request that reached a route).
+PRINCIPAL = web.RequestKey("principal", Principal)
+#: The request's share of its key's limits, until a generation takes it over.
+ADMISSION = web.RequestKey("admission", Admission)
+
+_PUBLIC: set[Callable[..., Any]] = set()
+_QUERY_TOKEN: set[Callable[..., Any]] = set()
+#: What a page on an allowed origin may read of a response.
+_EXPOSED = ", ".join(
+    (
+        "X-Stream-Id",
+        "X-Model-Target",
+        "Retry-After",
+        "retry-after-ms",
+        *(
+            f"x-ratelimit-{what}-{unit}"
+            for what in ("limit", "remaining", "reset")
+            for unit in ("requests", "tokens")
+        ),
+    )
+)
+_ALLOWED_HEADERS = (
+    "Authorization, Content-Type, Last-Event-ID, X-Session-Parent, X-Session-Id, "
+    "x-api-key, anthropic-version, anthropic-beta"
+)
+
+
+def public(handler: Handler) -> Handler:
+    """Mark a route that needs no key (probes, the playground page)."""
+    _PUBLIC.add(handler)
+    return handler
+
+
+def query_token(handler: Handler) -> Handler:
+    """Mark a ``GET`` route that also takes ``?token=`` (the streams a page's EventSource reads)."""
+    _QUERY_TOKEN.add(handler)
+    return handler
+
+
+def principal(request: web.Request) -> Principal:
+    """Who ``request`` is (anonymous on an open gateway)."""
+    found: Principal = request.get(PRINCIPAL, ANONYMOUS)
+    return found
+
+
+def add_headers(request: web.Request, headers: dict[str, str]) -> None:
+    """Have the response to ``request`` carry ``headers`` (see the module docstring)."""
+    extra = request.get(EXTRA_HEADERS)
+    if extra is None:
+        request[EXTRA_HEADERS] = dict(headers)
+    else:
+        extra.update(headers)
 
 
 def error_dialect(render: ErrorRenderer) -> Callable[[Handler], Handler]:
@@ -75,15 +146,61 @@ def render_error(request: web.BaseRequest, exc: EngineError) -> web.Response:
         content_type="application/json",
         headers=answer.headers,
     )
+    limit_headers = getattr(exc, "headers", None)
+    if limit_headers:
+        response.headers.update(limit_headers)
+    if getattr(exc, "retry", True) is False:
+        # The openai and anthropic SDKs retry a 429 unless told not to: waiting
+        # does not make a request fit a limit smaller than itself.
+        response.headers["x-should-retry"] = "false"
+    extra = request.get(EXTRA_HEADERS) if isinstance(request, web.Request) else None
+    if extra:
+        response.headers.update(extra)
     response.headers["Server"] = SERVER_HEADER
     return response
 
 
+def _cors(request: web.Request, origins: list[str]) -> web.StreamResponse | None:
+    """CORS for an allowed ``Origin``: a preflight's answer, or the headers of the response."""
+    origin = request.headers.get("Origin")
+    if origin is None or (origin not in origins and "*" not in origins):
+        return None
+    headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
+        headers["Access-Control-Allow-Headers"] = _ALLOWED_HEADERS
+        headers["Access-Control-Max-Age"] = "600"
+        headers["Server"] = SERVER_HEADER
+        return web.Response(status=204, headers=headers)
+    headers["Access-Control-Expose-Headers"] = _EXPOSED
+    add_headers(request, headers)
+    return None
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map every error raised before the response started to a JSON body, once."""
+    """Authenticate, then map every error raised before the response started to a JSON body."""
     try:
-        return await handler(request)
+        engine = request.app.get(ENGINE)
+        if engine is not None and engine.config.cors_origins:
+            preflight = _cors(request, engine.config.cors_origins)
+            if preflight is not None:
+                return preflight
+        gate = engine.gate if engine is not None else None
+        if gate is not None and gate.required:
+            route = request.match_info
+            if route.http_exception is None and route.handler not in _PUBLIC:
+                request[PRINCIPAL] = gate.authenticate(
+                    request.headers,
+                    request.query,
+                    query_token=request.method == "GET" and route.handler in _QUERY_TOKEN,
+                )
+        response = await handler(request)
+        if not response.prepared:
+            extra = request.get(EXTRA_HEADERS)
+            if extra:
+                response.headers.update(extra)
+        return response
     except EngineError as exc:
         engine = request.app.get(ENGINE)
         if engine is not None:
@@ -106,6 +223,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return render_error(request, EngineError("internal error"))
+    finally:
+        # A share no generation took over (refused, failed, not streamed) goes back.
+        admission = request.get(ADMISSION)
+        if admission is not None:
+            admission.release()
 
 
 def guarded(check: HostCheck) -> Any:

@@ -184,7 +184,7 @@ class _HeadClock:
 class _RequestHandler(web.RequestHandler):
     """aiohttp's protocol with a request-head deadline and quiet, JSON protocol errors."""
 
-    __slots__ = ("_bad_requests", "_heads", "_on_lost")
+    __slots__ = ("_address", "_addresses", "_bad_requests", "_heads", "_on_lost")
 
     def __init__(
         self,
@@ -192,12 +192,15 @@ class _RequestHandler(web.RequestHandler):
         *,
         heads: _HeadClock,
         bad_requests: _BadRequestLog,
+        addresses: _Addresses | None,
         **kwargs: Any,
     ) -> None:
         super().__init__(manager, **kwargs)
         self._heads = heads
         self._bad_requests = bad_requests
         self._on_lost: Callable[[], None] | None = None
+        self._addresses = addresses
+        self._address: str | None = None
 
     def keep_handler(self, on_lost: Callable[[], None] | None) -> None:
         """While set, a lost connection calls ``on_lost()`` instead of cancelling the handler.
@@ -211,6 +214,18 @@ class _RequestHandler(web.RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        addresses = self._addresses
+        if addresses is not None:
+            peer = transport.get_extra_info("peername")
+            address = peer[0] if isinstance(peer, tuple) and peer else "unix"
+            if not addresses.add(address):
+                # Over the cap: one short answer, then the door. No handler, no
+                # parser, no head clock for it.
+                if isinstance(transport, asyncio.WriteTransport):
+                    transport.write(addresses.refusal)
+                transport.close()
+                return
+            self._address = address
         # From the first moment: a connection that never sends a byte is the
         # cheapest slowloris of all.
         self._heads.start(self)
@@ -230,6 +245,9 @@ class _RequestHandler(web.RequestHandler):
             since.pop(self, None)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._address is not None and self._addresses is not None:
+            self._addresses.remove(self._address)
+            self._address = None
         self._heads.since.pop(self, None)
         on_lost, self._on_lost = self._on_lost, None
         if on_lost is not None:
@@ -290,6 +308,47 @@ class _RequestHandler(web.RequestHandler):
 _Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
+class _Addresses:
+    """Connections open per client address, capped (``max_connections_per_ip``).
+
+    One dict entry per address with a connection open; a connection beyond the
+    cap is answered 503 and closed as it is accepted. Behind a proxy every
+    client has the proxy's address: set the cap there instead.
+    """
+
+    __slots__ = ("cap", "open", "refusal")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.open: dict[str, int] = {}
+        body = _encoder.encode(
+            ErrorEvent(
+                message=f"too many connections from this address (at most {cap})",
+                code=503,
+                type="too_many_connections",
+            )
+        )
+        self.refusal = (
+            b"HTTP/1.1 503 Service Unavailable\r\nServer: " + SERVER.encode() + b"\r\n"
+            b"Content-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+
+    def add(self, address: str) -> bool:
+        count = self.open.get(address, 0)
+        if count >= self.cap:
+            return False
+        self.open[address] = count + 1
+        return True
+
+    def remove(self, address: str) -> None:
+        count = self.open.get(address, 0) - 1
+        if count > 0:
+            self.open[address] = count
+        else:
+            self.open.pop(address, None)
+
+
 class _Server(web.Server):
     """Makes :class:`_RequestHandler` protocols; one bad-request log per server."""
 
@@ -300,6 +359,7 @@ class _Server(web.Server):
         request_factory: Callable[..., web.BaseRequest],
         handler_cancellation: bool,
         header_timeout: float,
+        max_per_address: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -313,6 +373,7 @@ class _Server(web.Server):
         self._handler_kwargs = kwargs
         self._heads = _HeadClock(header_timeout)
         self._bad_requests = _BadRequestLog()
+        self._addresses = _Addresses(max_per_address) if max_per_address else None
 
     def __call__(self) -> web.RequestHandler:
         return _RequestHandler(
@@ -320,6 +381,7 @@ class _Server(web.Server):
             loop=self._handler_loop,
             heads=self._heads,
             bad_requests=self._bad_requests,
+            addresses=self._addresses,
             **self._handler_kwargs,
         )
 
@@ -335,11 +397,19 @@ class GatewayRunner(web.AppRunner):
     ``keepalive_timeout`` as usual, it reaches aiohttp's ``RequestHandler``.
     """
 
-    __slots__ = ("_header_timeout",)
+    __slots__ = ("_header_timeout", "_max_per_address")
 
-    def __init__(self, app: web.Application, *, header_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        header_timeout: float,
+        max_connections_per_ip: int = 0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(app, **kwargs)
         self._header_timeout = header_timeout
+        self._max_per_address = max_connections_per_ip
 
     async def _make_server(self) -> web.Server:  # private aiohttp API
         # aiohttp runs the app's start-up and gathers the handler arguments
@@ -350,6 +420,7 @@ class GatewayRunner(web.AppRunner):
             request_factory=server.request_factory,
             handler_cancellation=server.handler_cancellation,
             header_timeout=self._header_timeout,
+            max_per_address=self._max_per_address,
             **server._kwargs,  # private aiohttp API
         )
 
@@ -376,6 +447,7 @@ async def start_server(
         # aiohttp's default is 3,630 s: idle connections would pile up.
         keepalive_timeout=config.keepalive_timeout,
         header_timeout=config.header_timeout,
+        max_connections_per_ip=config.max_connections_per_ip,
         shutdown_timeout=config.shutdown_grace + 5,
     )
     await runner.setup()

@@ -24,6 +24,7 @@ import pytest
 
 from engine.errors import InvalidFields, StoreUnavailable
 from engine.memory import MemoryStore, StoredMessage, open_store
+from engine.memory.base import MAX_PARENT_LENGTH
 from engine.wire import FunctionCall, ImagePart, Message, ToolCall, check_tool_results
 
 BACKENDS = ["memory", "sqlite", "redis", "postgres"]
@@ -256,7 +257,7 @@ async def test_conversations_are_scoped_by_parent_and_id(store, uid):
 
 BAD_KEYS = [
     pytest.param("", id="empty"),
-    pytest.param("x" * 201, id="201-chars"),
+    pytest.param("x" * (MAX_PARENT_LENGTH + 1), id="too-long"),
     pytest.param("a\nb", id="newline"),
     pytest.param("a\x00b", id="nul"),
     pytest.param("a\x1bb", id="escape"),
@@ -274,8 +275,14 @@ async def test_bad_parent_or_id_is_rejected(store, uid, bad):
         store.for_parent("ChatSession", bad)
 
 
+async def test_an_id_of_201_characters_is_rejected(store):
+    with pytest.raises(InvalidFields, match="parent_id"):
+        store.for_parent("ChatSession", "x" * 201)
+
+
 async def test_longest_parent_and_id_are_accepted(store, uid):
-    chat = store.for_parent("P" * 200, uid + "i" * (200 - len(uid)))
+    # A parent may be longer than a request's: a client key's namespace goes first.
+    chat = store.for_parent("P" * MAX_PARENT_LENGTH, uid + "i" * (200 - len(uid)))
     await chat.add_user_message("fits")
     assert contents(await chat.get_messages()) == ["fits"]
 

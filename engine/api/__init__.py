@@ -1,10 +1,10 @@
-"""The routes, one ``RouteTableDef`` per subject: native chat, resume, OpenAI, Anthropic, memory."""
+"""The routes, one ``RouteTableDef`` per subject (native chat, resume, OpenAI, Anthropic, ...)."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from . import anthropic, chat, memory, openai, streams
+from . import admin, anthropic, chat, memory, openai, playground, streams
 
 __all__ = ["ROUTES"]
 
@@ -15,4 +15,6 @@ ROUTES: tuple[web.RouteTableDef, ...] = (
     openai.routes,
     anthropic.routes,
     memory.routes,
+    admin.routes,
+    playground.routes,
 )

@@ -52,7 +52,7 @@ from ..streams.generation import Generation, Generations
 from ..streams.relay import open_upstream, relay
 from ..wire import ChatRequest
 from ._io import json_response, read_json
-from .chat import attach_memory, send_reply
+from .chat import admit, attach_memory, send_reply, start_generation
 from .openai import STREAM_ID_HEADER, route, session_from_headers
 
 __all__ = ["routes"]
@@ -97,7 +97,7 @@ async def _start_message(request: web.Request) -> web.StreamResponse | _Opened:
         session=session_from_headers(request),
     )
     provider, model, prefix = route(engine, body.model)
-    memory, messages = await attach_memory(engine, chat)
+    memory, messages, options = await admit(request, chat, provider, model)
 
     def shown(name: str) -> str:
         # The model as the client can name it again: with the prefix it used.
@@ -105,9 +105,7 @@ async def _start_message(request: web.Request) -> web.StreamResponse | _Opened:
 
     mid = message_id()
     if not body.stream:
-        reply = await send_reply(
-            request, provider, messages, memory, model=model, options=chat.options
-        )
+        reply = await send_reply(request, provider, messages, memory, model=model, options=options)
         return json_response(reply_message(mid, shown(reply.model), reply))
 
     # No retry: nor id: fields: Anthropic sends neither.
@@ -124,7 +122,7 @@ async def _start_message(request: web.Request) -> web.StreamResponse | _Opened:
     # (after the header deadline, an error event on the stream).
     chunks = await open_upstream(
         stream,
-        provider.open(messages, model=model, options=chat.options),
+        provider.open(messages, model=model, options=options),
         request=request,
         supervisor=engine.supervisor,
         deadline=engine.config.header_deadline,
@@ -133,7 +131,7 @@ async def _start_message(request: web.Request) -> web.StreamResponse | _Opened:
         return stream.response or web.Response(status=499)
     chunks.prompt_estimate = estimate_tokens(messages, chat.options)  # (an estimated usage)
     framing = AnthropicFraming(mid, shown(chunks.model))
-    generation = engine.generations.start(mid)
+    generation = start_generation(request, mid)
     return stream, chunks, framing, memory, mid, None, generation, engine.generations
 
 
@@ -158,5 +156,5 @@ async def count_tokens(request: web.Request) -> web.Response:
         session=session_from_headers(request),
     )
     route(engine, body.model)
-    _, messages = await attach_memory(engine, chat)
+    _, messages = await attach_memory(request, chat)
     return json_response(TokenCount(input_tokens=estimate_tokens(messages, chat.options)))

@@ -14,23 +14,42 @@ import asyncio
 import uuid
 from collections.abc import Awaitable
 
+import msgspec
 from aiohttp import web
 
+from ..auth import memory_parent
 from ..dialects.native import NativeFraming, chat_request_from_query
-from ..errors import InvalidFields
+from ..errors import Forbidden, InvalidFields
 from ..gateway import ENGINE, Engine
 from ..memory.history import ChatMemory, attach
-from ..middleware import SERVER_HEADER, expect_handler
+from ..middleware import (
+    ADMISSION,
+    SERVER_HEADER,
+    add_headers,
+    expect_handler,
+    principal,
+    public,
+    query_token,
+)
 from ..providers import ChunkStream, Provider
+from ..providers.fallback import Fallback
 from ..streams import EventStream
 from ..streams.generation import Generation, Generations, outlive_client
 from ..streams.log import StreamLog
 from ..streams.relay import open_upstream, relay
-from ..wire import ChatRequest, Message, Options, Reply, check_tool_results, estimate_tokens
+from ..wire import (
+    ChatRequest,
+    Message,
+    Options,
+    Reply,
+    SessionRef,
+    check_tool_results,
+    estimate_tokens,
+)
 from ._io import json_response, read_json
 from .streams import LAST_EVENT_ID, resume
 
-__all__ = ["attach_memory", "routes", "send_reply"]
+__all__ = ["admit", "attach_memory", "model_path", "routes", "send_reply", "start_generation"]
 
 routes = web.RouteTableDef()
 
@@ -49,9 +68,18 @@ _Opened = tuple[
 
 
 async def attach_memory(
-    engine: Engine, body: ChatRequest
+    request: web.Request, body: ChatRequest
 ) -> tuple[ChatMemory | None, list[Message]]:
-    """The request's memory, if it names a conversation, and the messages for upstream."""
+    """The request's memory, if it names a conversation, and the messages for upstream.
+
+    The conversation is the request's key's own (:func:`~engine.auth.memory_parent`).
+    """
+    engine = request.app[ENGINE]
+    session = body.session
+    if session is not None:
+        parent = memory_parent(principal(request), session.parent)
+        if parent is not session.parent:
+            body = msgspec.structs.replace(body, session=SessionRef(parent=parent, id=session.id))
     store = await engine.open_memory() if body.session is not None else None
     memory, messages = await attach(store, engine.config, body)
     try:
@@ -60,6 +88,63 @@ async def attach_memory(
     except ValueError as exc:
         raise InvalidFields(str(exc)) from None
     return memory, messages
+
+
+def model_path(provider: Provider, model: str | None) -> str:
+    """What a key's ``models`` patterns are matched against: ``provider/model``,
+    or a fallback's name (the targets it tries are the operator's choice)."""
+    if isinstance(provider, Fallback):
+        return provider.name
+    return f"{provider.name}/{model or provider.default_model}"
+
+
+async def admit(
+    request: web.Request, body: ChatRequest, provider: Provider, model: str | None
+) -> tuple[ChatMemory | None, list[Message], Options]:
+    """Everything a generation needs before its upstream request, every route alike.
+
+    The key may use the model (403), the memory is its own and the history
+    loaded, and its share of the limits taken (429, or 503 at the gateway's
+    stream cap), leaving the rate-limit headers for the response. Returns the
+    memory, the messages for upstream and the options: a key with a token
+    limit gives a request with no bound on its output (no ``max_tokens``; the
+    mock is always bounded) the provider's ``default_max_tokens``, so what it
+    reserved bounds what it may use.
+
+    The share is :data:`ADMISSION` until :func:`start_generation` hands it to
+    the generation (released when that ends, detached or not); the middleware
+    releases one no generation took (a refusal, a reply not streamed).
+    """
+    engine = request.app[ENGINE]
+    who = principal(request)
+    key = who.key
+    path = model_path(provider, model)
+    if key is not None and not key.allows_model(path):
+        raise Forbidden(f"this key may not use the model `{path}`")
+    memory, messages = await attach_memory(request, body)
+    options = body.options
+    if key is None and not engine.config.max_streams:
+        return memory, messages, options
+    limit = provider.output_limit(options)
+    if limit is None and key is not None and (key.tpm or key.budget_tokens):
+        limit = engine.config.provider_settings(provider.name).default_max_tokens
+        options = msgspec.structs.replace(options, max_tokens=limit)
+    reserve = estimate_tokens(messages) + (limit or 0)
+    admission = await engine.gate.admit(who, path, reserve, len(engine.generations))
+    if admission is not None:
+        request[ADMISSION] = admission
+        if admission.headers:
+            add_headers(request, admission.headers)
+    return memory, messages, options
+
+
+def start_generation(
+    request: web.Request, stream_id: str, stream: EventStream | None = None
+) -> Generation:
+    """Register the request's generation, which takes over its share of the limits."""
+    lease = request.pop(ADMISSION, None)
+    owner = principal(request).owner
+    return request.app[ENGINE].generations.start(stream_id, stream, lease, owner)
 
 
 @routes.post("/v1/chat/stream", expect_handler=expect_handler)
@@ -74,6 +159,7 @@ async def chat_stream_post(request: web.Request) -> web.StreamResponse:
 
 
 @routes.get("/v1/chat/stream")
+@query_token
 async def chat_stream_get(request: web.Request) -> web.StreamResponse:
     if LAST_EVENT_ID in request.headers:
         # A browser's EventSource reconnects to the same URL with Last-Event-ID.
@@ -143,11 +229,11 @@ async def _open_stream(request: web.Request, body: ChatRequest) -> _Opened | web
     after the header deadline."""
     engine = request.app[ENGINE]
     provider = engine.provider(body.provider)
-    memory, messages = await attach_memory(engine, body)
+    memory, messages, options = await admit(request, body, provider, body.model)
     stream = engine.sse(request, Server=SERVER_HEADER)
     chunks = await open_upstream(
         stream,
-        provider.open(messages, model=body.model, options=body.options),
+        provider.open(messages, model=body.model, options=options),
         request=request,
         supervisor=engine.supervisor,
         deadline=engine.config.header_deadline,
@@ -157,9 +243,10 @@ async def _open_stream(request: web.Request, body: ChatRequest) -> _Opened | web
     chunks.prompt_estimate = estimate_tokens(messages)
     del messages
     sid = uuid.uuid4().hex
-    log = engine.registry.open(sid) if engine.registry is not None else None
+    owner = principal(request).owner
+    log = engine.registry.open(sid, owner) if engine.registry is not None else None
     framing = NativeFraming(sid, provider.name, chunks.model)
-    generation = engine.generations.start(sid, stream)
+    generation = start_generation(request, sid, stream)
     return stream, chunks, framing, memory, sid, log, generation, engine.generations
 
 
@@ -176,6 +263,9 @@ async def send_reply(
     # The client may leave while the reply is computed: stop the upstream then too.
     async with request.app[ENGINE].supervisor.watch(request):
         reply = await provider.send(messages, model=model, options=options)
+    admission = request.get(ADMISSION)
+    if admission is not None:
+        admission.release(reply.usage.total_tokens if reply.usage else estimate_tokens(messages))
     if memory is not None:
         await memory.store_request()
         await memory.store_reply(reply.content, tool_calls=reply.tool_calls)
@@ -187,14 +277,13 @@ async def chat_send(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     body = await read_json(request, ChatRequest)
     provider = engine.provider(body.provider)
-    memory, messages = await attach_memory(engine, body)
-    reply = await send_reply(
-        request, provider, messages, memory, model=body.model, options=body.options
-    )
+    memory, messages, options = await admit(request, body, provider, body.model)
+    reply = await send_reply(request, provider, messages, memory, model=body.model, options=options)
     return json_response(reply)
 
 
 @routes.get("/healthz")
+@public
 async def healthz(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
     return json_response({"status": "ok", "streams": len(engine.supervisor)})

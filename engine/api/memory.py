@@ -33,11 +33,13 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from ..errors import InvalidFields
+from ..auth import memory_parent
+from ..errors import Forbidden, InvalidFields
 from ..gateway import ENGINE
+from ..keys import Principal
 from ..memory import Conversation
-from ..memory.base import MessageRole, MessageType
-from ..middleware import expect_handler
+from ..memory.base import MessageRole, MessageType, check_key
+from ..middleware import expect_handler, principal
 from ._io import json_response, read_json
 
 __all__ = ["NewMessage", "routes"]
@@ -64,8 +66,24 @@ class NewMessage(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 async def _conversation(request: web.Request) -> Conversation:
+    """The conversation the path names, the requesting key's own.
+
+    With keys, each key has its own conversations (a key's ``shared_parents``
+    excepted): the same path is another conversation for another key. The
+    admin reads a key's with ``?owner=<key id>`` (without it, the unscoped ones).
+    """
+    parent, pid = request.match_info["parent"], request.match_info["id"]
+    check_key("parent", parent)
+    check_key("id", pid)
+    who = principal(request)
+    owner = request.query.get("owner")
+    if owner is not None:
+        if not who.admin:
+            raise Forbidden("`owner` is for the admin key")
+        key = request.app[ENGINE].gate.get(owner)
+        who = Principal(key)
     store = await request.app[ENGINE].open_memory()
-    return store.for_parent(request.match_info["parent"], request.match_info["id"])
+    return store.for_parent(memory_parent(who, parent), pid)
 
 
 @routes.get("/v1/memory/{parent}/{id}")

@@ -54,7 +54,7 @@ from ..streams.generation import Generation, Generations
 from ..streams.relay import open_upstream, relay
 from ..wire import ChatRequest, SessionRef, estimate_tokens
 from ._io import json_response, read_json
-from .chat import attach_memory, send_reply
+from .chat import admit, send_reply, start_generation
 
 __all__ = ["SESSION_ID_HEADER", "SESSION_PARENT_HEADER", "route", "routes"]
 
@@ -145,7 +145,7 @@ async def _start_completion(
         session=session_from_headers(request),
     )
     provider, model, prefix = route(engine, body.model)
-    memory, messages = await attach_memory(engine, chat)
+    memory, messages, options = await admit(request, chat, provider, model)
 
     def shown(name: str) -> str:
         # The model as the client can name it again: with the prefix it used.
@@ -154,9 +154,7 @@ async def _start_completion(
     cid = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if not body.stream:
-        reply = await send_reply(
-            request, provider, messages, memory, model=model, options=chat.options
-        )
+        reply = await send_reply(request, provider, messages, memory, model=model, options=options)
         message = ResponseMessage(
             role="assistant",
             # OpenAI's tool-call message has `"content": null`, not "".
@@ -190,7 +188,7 @@ async def _start_completion(
     # (after the header deadline, an error chunk on the stream).
     chunks = await open_upstream(
         stream,
-        provider.open(messages, model=model, options=chat.options),
+        provider.open(messages, model=model, options=options),
         request=request,
         supervisor=engine.supervisor,
         deadline=engine.config.header_deadline,
@@ -201,7 +199,7 @@ async def _start_completion(
     if isinstance(provider, Fallback) and not stream.prepared:
         headers[TARGET_HEADER] = chunks.model  # (read when the headers go out)
     framing = OpenAIFraming(cid, created, shown(chunks.model), include_usage)
-    generation = engine.generations.start(cid)
+    generation = start_generation(request, cid)
     return stream, chunks, framing, memory, cid, None, generation, engine.generations
 
 

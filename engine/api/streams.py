@@ -33,7 +33,7 @@ from aiohttp import web
 
 from ..errors import BadRequest, ResumeGap, StreamNotFound
 from ..gateway import ENGINE
-from ..middleware import SERVER_HEADER
+from ..middleware import SERVER_HEADER, principal, query_token
 from ..streams import EventStream
 from ..streams.generation import outlive_client
 from ..streams.log import StreamLog
@@ -74,6 +74,7 @@ def _last_event_id(request: web.Request) -> tuple[str, int] | None:
 
 
 @routes.get("/v1/streams/{stream_id}")
+@query_token
 async def stream_resume(request: web.Request) -> web.StreamResponse:
     return await resume(request, request.match_info["stream_id"])
 
@@ -93,6 +94,8 @@ async def resume(request: web.Request, stream_id: str | None) -> web.StreamRespo
     engine = request.app[ENGINE]
     registry = engine.registry
     log = registry.get(stream_id) if registry is not None else None
+    if log is not None and not _may_see(request, log.owner):
+        log = None  # another key's stream: as if it did not exist
     if log is None:
         why = "is unknown or expired" if registry is not None else "cannot be resumed (resume off)"
         raise StreamNotFound(f"the stream {_shown(stream_id)!r} {why}")
@@ -125,6 +128,9 @@ async def stream_stop(request: web.Request) -> web.Response:
     stream_id = request.match_info["stream_id"]
     engine = request.app[ENGINE]
     generation = engine.generations.get(stream_id)
+    if generation is not None and not _may_see(request, generation.owner):
+        generation = None
+    owner = principal(request).owner
     state: str | None
     if generation is not None:
         generation.stop()
@@ -133,13 +139,19 @@ async def stream_stop(request: web.Request) -> web.Response:
                 await generation.wait_ended()
         state = generation.state
     else:
-        state = engine.generations.ended_state(stream_id)
+        state = engine.generations.ended_state(stream_id, owner)
         log = engine.registry.get(stream_id) if engine.registry is not None else None
-        if state is None and log is not None and log.ended:
+        if state is None and log is not None and log.ended and _may_see(request, log.owner):
             state = "ended"
         if state is None:
             raise StreamNotFound(f"the stream {_shown(stream_id)!r} is unknown or expired")
     return json_response({"stream_id": stream_id, "state": state})
+
+
+def _may_see(request: web.Request, owner: str | None) -> bool:
+    """True if the request's key started the stream (the admin, or an open gateway, sees all)."""
+    who = principal(request).owner
+    return who is None or who == owner
 
 
 def _check_held(log: StreamLog, after: int) -> None:

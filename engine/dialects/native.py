@@ -40,7 +40,7 @@ __all__ = [
 SHUTDOWN_RETRY_MS = 5000
 
 #: Query parameters of ``GET /v1/chat/stream`` that are not generation options.
-QUERY_FIELDS = frozenset({"q", "provider", "model", "parent", "parent_id"})
+QUERY_FIELDS = frozenset({"q", "provider", "model", "parent", "parent_id", "token"})
 
 _encoder = msgspec.json.Encoder()
 

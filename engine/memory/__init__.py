@@ -34,7 +34,14 @@ from .base import (
     redact_url,
 )
 
-__all__ = ["DEFAULT_TTL", "Conversation", "MemoryStore", "StoredMessage", "open_store"]
+__all__ = [
+    "DEFAULT_TTL",
+    "Conversation",
+    "MemoryStore",
+    "StoredMessage",
+    "open_store",
+    "sqlite_path",
+]
 
 #: What :func:`open_store` accepts, for error messages and docs.
 SUPPORTED_URLS: Final = (
@@ -61,7 +68,7 @@ def _driver(scheme: str, driver: str, extra: str) -> Iterator[None]:
         ) from exc
 
 
-def _sqlite_path(url: str) -> str:
+def sqlite_path(url: str) -> str:
     # sqlite:///x.db is the relative path x.db and sqlite:////x.db the absolute
     # /x.db, as in SQLAlchemy's URLs: everything after the third slash.
     rest = url[len("sqlite:") :]
@@ -90,7 +97,7 @@ async def open_store(url: str, *, ttl: int = DEFAULT_TTL) -> MemoryStore:
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
 
-        return await SQLiteStore.open(_sqlite_path(url), ttl=ttl)
+        return await SQLiteStore.open(sqlite_path(url), ttl=ttl)
     if scheme == "memory":
         from .inmemory import InMemoryStore
 

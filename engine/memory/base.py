@@ -35,6 +35,7 @@ from ..wire import MAX_JSON_DEPTH, ImagePart, Part, TextPart, ToolCall, json_dep
 __all__ = [
     "DEFAULT_TTL",
     "MAX_KEY_LENGTH",
+    "MAX_PARENT_LENGTH",
     "MAX_LIMIT",
     "MAX_NAME_LENGTH",
     "MAX_PARTS",
@@ -54,6 +55,9 @@ MessageType = Literal["text", "image", "audio"]
 #: ``engine.wire.ParentKey``; 200 is ample for a class name plus a UUID and keeps
 #: Redis keys and index entries small.
 MAX_KEY_LENGTH: Final = 200
+#: Longest parent class the store takes: a request's (``MAX_KEY_LENGTH``) and the
+#: ``key_<id>/`` that makes a conversation its client key's own (engine.auth).
+MAX_PARENT_LENGTH: Final = MAX_KEY_LENGTH + 32
 #: ``get_messages(limit=...)`` above this reads as "all": a conversation longer
 #: than this cannot be loaded in one piece anyway.
 MAX_LIMIT: Final = 1_000_000
@@ -161,7 +165,7 @@ def translate_errors(
         ) from exc
 
 
-def check_key(name: str, value: object) -> str:
+def check_key(name: str, value: object, most: int = MAX_KEY_LENGTH) -> str:
     """Return ``value`` if it is a usable parent class, parent id or message id.
 
     Raises :class:`InvalidFields` naming ``name`` otherwise.
@@ -170,8 +174,8 @@ def check_key(name: str, value: object) -> str:
         raise InvalidFields(f"{name} must be a string, not {type(value).__name__}")
     if not value:
         raise InvalidFields(f"{name} must not be empty")
-    if len(value) > MAX_KEY_LENGTH:
-        raise InvalidFields(f"{name} must be at most {MAX_KEY_LENGTH} characters")
+    if len(value) > most:
+        raise InvalidFields(f"{name} must be at most {most} characters")
     if _CONTROL.search(value):
         raise InvalidFields(f"{name} must not contain control characters")
     _check_utf8(name, value)
@@ -391,7 +395,11 @@ class MemoryStore(ABC):
         Raises :class:`InvalidFields` if either is empty, longer than
         :data:`MAX_KEY_LENGTH` characters, or holds control characters.
         """
-        return Conversation(self, check_key("parent", parent), check_key("parent_id", parent_id))
+        return Conversation(
+            self,
+            check_key("parent", parent, MAX_PARENT_LENGTH),
+            check_key("parent_id", parent_id),
+        )
 
     @property
     def closed(self) -> bool:

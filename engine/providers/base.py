@@ -114,6 +114,14 @@ class Provider(abc.ABC):
         #: The model used when a request names none.
         self.default_model = model
 
+    def output_limit(self, options: Options) -> int | None:
+        """The most output tokens a reply to ``options`` can have, or None if unbounded.
+
+        A client key with a token limit reserves it when the request is admitted;
+        unbounded, the request gets the provider's ``default_max_tokens``.
+        """
+        return options.max_tokens
+
     def check_options(self, options: Options) -> None:
         """Raise :class:`~engine.errors.UnsupportedField` for the first option set
         that this provider neither carries nor may ignore."""

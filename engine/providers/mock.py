@@ -562,6 +562,10 @@ class MockProvider(Provider):
     # Any other option cannot change its answer.
     ignores = frozenset(Options.__struct_fields__) - carries
 
+    def output_limit(self, options: Options) -> int:
+        """Always bounded: ``max_tokens`` chunks, else :data:`DEFAULT_CHUNKS` (a chunk a token)."""
+        return _shape(options)[0]
+
     @classmethod
     def from_settings(cls, settings: ProviderSettings, *, session: Any = None) -> MockProvider:
         return cls(model=settings.model or "mock-1")

@@ -23,6 +23,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..limits import Admission
     from .response import EventStream
 
 __all__ = ["Generation", "Generations", "outlive_client", "watch_detached"]
@@ -40,13 +41,22 @@ _TRANSITIONS = {
 class Generation:
     """One relayed stream that can be stopped (see the module docstring)."""
 
-    __slots__ = ("_ended", "_task", "done", "state", "stream", "stream_id")
+    __slots__ = ("_ended", "_task", "done", "lease", "owner", "state", "stream", "stream_id")
 
     def __init__(
-        self, stream_id: str, task: asyncio.Task[Any], stream: EventStream | None = None
+        self,
+        stream_id: str,
+        task: asyncio.Task[Any],
+        stream: EventStream | None = None,
+        lease: Admission | None = None,
+        owner: str | None = None,
     ) -> None:
         self.stream_id = stream_id
         self._task = task
+        #: The client key that started it (``None``: no keys); only it (or the admin) may stop it.
+        self.owner = owner
+        #: Its key's share of the limits, given back when it ends (however it ends).
+        self.lease = lease
         #: The connection it writes to first (a resumed reader may make it outlive it).
         self.stream = stream
         self.state = "streaming"
@@ -83,10 +93,14 @@ class Generation:
         if self.state == "streaming":
             self._task.cancel()
 
-    def ended(self, how: str) -> None:
-        """Record how the stream ended (the relay calls it once, on its way out)."""
+    def ended(self, how: str, tokens: int | None = None) -> None:
+        """Record how the stream ended (the relay calls it once, on its way out),
+        and the ``tokens`` it used, for its key's limits."""
         self._move(how)
         self.done = True
+        if self.lease is not None:
+            lease, self.lease = self.lease, None
+            lease.release(tokens)
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(None)
 
@@ -103,23 +117,30 @@ class Generations:
 
     def __init__(self) -> None:
         self._live: dict[str, Generation] = {}
-        self._ended: OrderedDict[str, str] = OrderedDict()
+        # How each ended, and who started it.
+        self._ended: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._live)
 
-    def start(self, stream_id: str, stream: EventStream | None = None) -> Generation:
+    def start(
+        self,
+        stream_id: str,
+        stream: EventStream | None = None,
+        lease: Admission | None = None,
+        owner: str | None = None,
+    ) -> Generation:
         """Register the current task as generating ``stream_id`` (first to ``stream``)."""
         task = asyncio.current_task()
         assert task is not None
-        generation = Generation(stream_id, task, stream)
+        generation = Generation(stream_id, task, stream, lease, owner)
         self._live[stream_id] = generation
         return generation
 
-    def finish(self, generation: Generation, how: str) -> None:
-        generation.ended(how)
+    def finish(self, generation: Generation, how: str, tokens: int | None = None) -> None:
+        generation.ended(how, tokens)
         self._live.pop(generation.stream_id, None)
-        self._ended[generation.stream_id] = generation.state
+        self._ended[generation.stream_id] = (generation.state, generation.owner)
         while len(self._ended) > MAX_ENDED:
             self._ended.popitem(last=False)
 
@@ -133,9 +154,13 @@ class Generations:
             generation.abandon()
         return [generation._task for generation in live]
 
-    def ended_state(self, stream_id: str) -> str | None:
-        """How a recently ended stream ended, or None if unknown."""
-        return self._ended.get(stream_id)
+    def ended_state(self, stream_id: str, owner: str | None = None) -> str | None:
+        """How a recently ended stream ended, or None if unknown (or ``owner``'s it was not:
+        ``owner`` ``None`` sees every stream)."""
+        ended = self._ended.get(stream_id)
+        if ended is None or (owner is not None and ended[1] != owner):
+            return None
+        return ended[0]
 
 
 async def watch_detached(generation: Generation, readers: Callable[[], int], window: float) -> None:

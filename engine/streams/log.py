@@ -60,12 +60,22 @@ class StreamLog:
         "ended_at",
         "final",
         "first",
+        "owner",
         "readers",
         "stream_id",
     )
 
-    def __init__(self, stream_id: str, max_bytes: int, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        stream_id: str,
+        max_bytes: int,
+        registry: Registry | None = None,
+        owner: str | None = None,
+    ) -> None:
         self.stream_id = stream_id
+        #: The client key whose request started it (``None``: no keys): only it
+        #: (or the admin) may resume it.
+        self.owner = owner
         self._registry = registry  # keeps the running total of all logs' bytes
         self._buf = bytearray()  # the frames of events first.. next-1, back to back
         self._ends = array("q")  # where event first + i ends, counted from the stream's start
@@ -197,9 +207,9 @@ class Registry:
     def __len__(self) -> int:
         return len(self._logs)
 
-    def open(self, stream_id: str) -> StreamLog:
-        """A new log for ``stream_id``."""
-        stream_log = StreamLog(stream_id, self.max_bytes, self)
+    def open(self, stream_id: str, owner: str | None = None) -> StreamLog:
+        """A new log for ``stream_id``, which the key ``owner`` started."""
+        stream_log = StreamLog(stream_id, self.max_bytes, self, owner)
         self._logs[stream_id] = stream_log
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._sweep())

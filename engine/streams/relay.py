@@ -202,6 +202,7 @@ async def relay(
     n = 0
     how = "interrupted"  # how the stream ended, for a late Stop
     stopped = False
+    usage: Usage | None = None
     try:
         async with chunks:
             # Stored before the headers, so a store that is down is still a JSON
@@ -223,7 +224,6 @@ async def relay(
                     # Bound once: the loop below runs per chunk (benchmarks/NOTES.md).
                     fetch, frame, send = policy.next, framing.chunk, policy.add
                     finish_reason: str | None = None
-                    usage: Usage | None = None
                     try:
                         while True:
                             try:
@@ -289,7 +289,9 @@ async def relay(
                     await stream.finish(last)
     finally:
         if generation is not None and generations is not None:
-            generations.finish(generation, how)
+            if usage is None:
+                usage = _estimate(chunks, n)
+            generations.finish(generation, how, usage.total_tokens)
         if log is not None and not log.ended:
             # Cancelled (or failed in a way the stream reports as internal).
             if stream.interrupted == "shutdown":

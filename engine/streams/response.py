@@ -41,12 +41,17 @@ if TYPE_CHECKING:
     from .log import StreamLog
     from .supervisor import StreamSupervisor
 
-__all__ = ["DEFAULT_SEND_TIMEOUT", "SSE_HEADERS", "EventStream"]
+__all__ = ["DEFAULT_SEND_TIMEOUT", "EXTRA_HEADERS", "SSE_HEADERS", "EventStream"]
 
 log = logging.getLogger("engine.stream")
 
 #: Seconds a write may wait for a slow reader (sse-starlette has no such limit: #89).
 DEFAULT_SEND_TIMEOUT = 30.0
+
+#: Headers a response carries whatever its route answers (CORS, an admitted
+#: request's rate-limit headers): the middleware collects them before the route
+#: runs, :meth:`EventStream.prepare` sends them with the stream's.
+EXTRA_HEADERS = web.RequestKey("extra_headers", dict)
 
 SSE_HEADERS: Mapping[str, str] = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -233,6 +238,9 @@ class EventStream:
         response = web.StreamResponse(headers=SSE_HEADERS)
         if self._headers:
             response.headers.update(self._headers)
+        extra = self._request.get(EXTRA_HEADERS)
+        if extra:
+            response.headers.update(extra)
         writer = await response.prepare(self._request)
         transport = self._request.transport
         if not isinstance(writer, StreamWriter) or transport is None:

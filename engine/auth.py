@@ -1,0 +1,302 @@
+"""Who may use the gateway, and how much: :class:`Gatekeeper`. No aiohttp here.
+
+The middleware asks :meth:`Gatekeeper.authenticate` who a request is (from
+its headers and query, before its route runs); a route that starts a
+generation asks :meth:`Gatekeeper.admit` for its key's share of the limits.
+The admin API changes keys through :meth:`create`, :meth:`update`,
+:meth:`rotate` and :meth:`delete`, which persist them in the key store and
+refresh the key ring at once (other processes see the change within
+``key_refresh`` seconds).
+
+Open or closed: with no key in the config, none stored and no admin key, the
+gateway is open (every request is :data:`~engine.keys.ANONYMOUS`, whatever it
+sends), which ``serve`` allows only on a loopback address. Otherwise every
+route but the probes and the playground page needs a key (or a token minted
+from one, or the admin key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from .config import Config
+from .errors import Forbidden, InvalidFields, NotFound, Overloaded, Unauthorized
+from .keys import (
+    ADMIN,
+    ANONYMOUS,
+    SHOWN,
+    TOKEN_PREFIX,
+    ClientKey,
+    KeyPolicy,
+    KeyRing,
+    Principal,
+    derive_secret,
+    hash_key,
+    mint_token,
+    new_key,
+    new_key_id,
+    plausible,
+    read_token,
+)
+from .keystore import KeyStore
+from .limits import Admission, Limiter, LocalLimiter
+
+__all__ = ["Gatekeeper", "memory_parent"]
+
+log = logging.getLogger("engine.auth")
+
+#: Query parameters that look like a key: refused by name, never read.
+_KEY_PARAMS = ("key", "api_key", "apikey", "api-key", "access_token")
+
+
+def memory_parent(principal: Principal, parent: str) -> str:
+    """The parent a conversation is stored under: private to its key unless shared.
+
+    ``key_…/ChatSession``: a key never sees another key's conversation under
+    the same name, and nothing in the stores changes. The admin and an open
+    gateway use the name as given.
+    """
+    key = principal.key
+    if key is None or (key.shared_parents is not None and parent in key.shared_parents):
+        return parent
+    return f"{key.id}/{parent}"
+
+
+def _from_config(alias: str, settings: Any) -> ClientKey:
+    fields = {f: getattr(settings, f) for f in KeyPolicy.__struct_fields__}
+    digest = settings.hash or hash_key(settings.key)
+    shown = settings.key[:SHOWN] if settings.key else ""
+    return ClientKey(
+        id=f"cfg_{alias}", alias=alias, hash=digest, shown=shown, source="config", **fields
+    )
+
+
+class Gatekeeper:
+    """Keys, tokens and limits for one engine (see the module docstring)."""
+
+    def __init__(self, config: Config, limiter: Limiter | None = None) -> None:
+        self.config = config
+        self._static = [_from_config(alias, s) for alias, s in config.keys.items()]
+        self.ring = KeyRing(self._static)
+        self._secret = derive_secret(config.admin_key, config.token_secret)
+        self.store: KeyStore | None = None
+        self._local = LocalLimiter(spent=self._record_spent)
+        self.limiter: Limiter = limiter if limiter is not None else self._local
+        self._writes: set[asyncio.Task[None]] = set()
+        #: True when requests need a key (see the module docstring).
+        self.required = bool(self._static) or config.admin_key is not None
+
+    # -- start-up and refresh ------------------------------------------------------
+
+    async def open(self, store: KeyStore) -> None:
+        """Read the stored keys and what they spent (at start-up)."""
+        self.store = store
+        await self.refresh()
+        self._local.seed.update(await store.spent())
+
+    async def refresh(self) -> None:
+        """Re-read the stored keys into the ring (after a change, and every ``key_refresh``)."""
+        if self.store is None:
+            return
+        stored = await self.store.load()
+        self.ring.replace([*stored, *self._static])
+        self.required = self.required or bool(stored)
+
+    # -- who is asking ---------------------------------------------------------------
+
+    def authenticate(
+        self, headers: Mapping[str, str], query: Mapping[str, str], *, query_token: bool
+    ) -> Principal:
+        """The request's principal; :class:`Unauthorized` for a missing or bad credential.
+
+        ``query_token``: the route accepts ``?token=`` (the GET streams a page reads).
+        """
+        if not self.required:
+            return ANONYMOUS
+        for name in _KEY_PARAMS:
+            if name in query:
+                raise Unauthorized(
+                    f"a key is never accepted in the URL (`{name}`): send it as "
+                    "`Authorization: Bearer`, or mint a token with POST /v1/tokens"
+                )
+        credential = _header_credential(headers)
+        if credential is None and "token" in query:
+            credential = query["token"]
+            if not credential.startswith(TOKEN_PREFIX):
+                raise Unauthorized(
+                    "`token` takes a token from POST /v1/tokens, never a key: a key "
+                    "in a URL ends up in logs and browser history"
+                )
+            if not query_token:
+                raise Unauthorized(
+                    "this route does not take `?token=`: send the key or token as "
+                    "`Authorization: Bearer`"
+                )
+        if credential is None:
+            raise Unauthorized(
+                "this gateway needs a key: `Authorization: Bearer sk-sse-...` "
+                "(or `x-api-key`, or a token from POST /v1/tokens)"
+            )
+        if not plausible(credential):
+            raise Unauthorized("invalid API key")
+        if credential.startswith(TOKEN_PREFIX):
+            key_id = read_token(self._secret, credential)
+            key = self.ring.by_id(key_id)
+            if key is None:
+                raise Unauthorized("this token's key no longer exists")
+            if key.expired(time.time()):
+                raise Unauthorized("this token's key has expired")
+            return Principal(key, via_token=True)
+        admin = self.config.admin_key
+        if admin is not None and hmac.compare_digest(credential.encode(), admin.encode()):
+            return ADMIN
+        return Principal(self.ring.find(credential))
+
+    def mint(self, principal: Principal, ttl: float | None) -> tuple[str, int]:
+        """A token for the principal's key, valid ``ttl`` seconds (capped by ``token_ttl``)."""
+        if principal.key is None:
+            raise Forbidden("tokens are minted with a client key, not the admin key")
+        if principal.via_token:
+            raise Forbidden("a token cannot mint another: use the key")
+        seconds = self.config.token_ttl if ttl is None else min(ttl, self.config.token_ttl)
+        expires = int(time.time() + seconds)
+        if principal.key.expires_at is not None:
+            expires = min(expires, int(principal.key.expires_at))
+        return mint_token(self._secret, principal.key.id, expires), expires
+
+    # -- how much --------------------------------------------------------------------
+
+    async def admit(
+        self, principal: Principal, model: str, reserve: int, live: int
+    ) -> Admission | None:
+        """The request's share of its key's limits (``None`` when it has none to take).
+
+        ``model`` is what the key's ``models`` patterns are matched against
+        (``provider/model``, or a fallback's name); ``live`` the generations
+        running in this process, for ``max_streams``.
+        """
+        cap = self.config.max_streams
+        if cap and live >= cap:
+            raise Overloaded(
+                f"the gateway is relaying as many streams as it may ({cap}); retry shortly",
+                retry_after=1.0,
+            )
+        key = principal.key
+        if key is None:
+            return None
+        if not key.allows_model(model):
+            raise Forbidden(f"this key may not use the model `{model}`")
+        if key.rpm is None and key.tpm is None and key.max_streams is None:
+            if key.budget_tokens is None:
+                return None
+        return await self.limiter.admit(key.id, key, reserve)
+
+    def usage(self, key: ClientKey) -> dict[str, Any]:
+        """``GET /v1/key``: the key's limits and what is left of them."""
+        policy = msgspec.to_builtins(key.policy())
+        used = self._local.usage(key.id, key) if self.limiter is self._local else {}
+        return {"id": key.id, "alias": key.alias, "limits": policy, "used": used}
+
+    def _record_spent(self, key_id: str, period_start: float, tokens: int) -> None:
+        store = self.store
+        if store is None:
+            return
+        task = asyncio.get_running_loop().create_task(store.add_spent(key_id, period_start, tokens))
+        self._writes.add(task)
+        task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._writes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not record a key's spending: %s", task.exception())
+
+    # -- the admin API -----------------------------------------------------------------
+
+    def _stored(self) -> KeyStore:
+        if self.store is None:
+            raise NotFound("no key store is open")
+        return self.store
+
+    def get(self, key_id: str) -> ClientKey:
+        key = self.ring.by_id(key_id)
+        if key is None:
+            raise NotFound(f"no key with id `{key_id}`")
+        return key
+
+    async def create(self, alias: str, policy: KeyPolicy) -> tuple[ClientKey, str]:
+        """A new key; returns it and its secret (shown this once, never stored)."""
+        if any(k.alias == alias for k in self.ring):
+            raise InvalidFields(f"a key named `{alias}` exists already")
+        secret = new_key()
+        fields = {f: getattr(policy, f) for f in KeyPolicy.__struct_fields__}
+        key = ClientKey(
+            id=new_key_id(),
+            alias=alias,
+            hash=hash_key(secret),
+            shown=secret[:SHOWN],
+            created_at=time.time(),
+            **fields,
+        )
+        await self._stored().put(key)
+        await self.refresh()
+        self.required = True
+        return key, secret
+
+    def _admin_owned(self, key_id: str) -> ClientKey:
+        key = self.get(key_id)
+        if key.source == "config":
+            raise Forbidden(f"`{key.alias}` is defined in the config file: change it there")
+        return key
+
+    async def update(self, key_id: str, changes: dict[str, Any]) -> ClientKey:
+        """Change a key's alias or policy fields (the secret stays)."""
+        key = self._admin_owned(key_id)
+        try:
+            updated = msgspec.convert(
+                {**msgspec.to_builtins(key), **changes}, ClientKey, strict=False
+            )
+        except msgspec.ValidationError as exc:
+            raise InvalidFields(str(exc)) from None
+        await self._stored().put(updated)
+        await self.refresh()
+        return updated
+
+    async def rotate(self, key_id: str) -> tuple[ClientKey, str]:
+        """A new secret for the key (same id, alias and limits); the old one stops working."""
+        key = self._admin_owned(key_id)
+        secret = new_key()
+        rotated = msgspec.structs.replace(key, hash=hash_key(secret), shown=secret[:SHOWN])
+        await self._stored().put(rotated)
+        await self.refresh()
+        return rotated, secret
+
+    async def delete(self, key_id: str) -> None:
+        self._admin_owned(key_id)
+        await self._stored().delete(key_id)
+        await self.refresh()
+
+    async def aclose(self) -> None:
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self.limiter.aclose()
+        if self.store is not None:
+            store, self.store = self.store, None
+            await store.aclose()
+
+
+def _header_credential(headers: Mapping[str, str]) -> str | None:
+    """The key or token in ``Authorization: Bearer``, ``x-api-key`` or ``x-goog-api-key``."""
+    authorization = headers.get("Authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise Unauthorized("use `Authorization: Bearer <key>`")
+        return value.strip()
+    return headers.get("x-api-key") or headers.get("x-goog-api-key")
