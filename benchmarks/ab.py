@@ -14,6 +14,10 @@ small) per request or per chunk: medians, min-max, and the ratio of medians.
 A shared, noisy machine moves both sides of one round together; that is the
 point of measuring them side by side.
 
+Every request carries ``Authorization: Bearer`` :data:`BENCH_KEY` (an open
+gateway ignores it), so ``--new-flags "--config benchmarks/keyed.toml"``
+measures client keys and limits on against off.
+
 Cases:
 * ``setup``: ``POST /v1/chat/stream`` on the mock, one chunk: everything a
   stream pays once (middleware, parsing, memory glue, headers, supervisor).
@@ -47,6 +51,8 @@ _URL = re.compile(r"http://127\.0\.0\.1:(\d+)")
 RELAY_STREAMS = 200
 RELAY_CHUNKS = 50
 MOCK_CHUNKS = 500
+#: The key benchmarks/keyed.toml accepts (with limits far above any load here).
+BENCH_KEY = "sk-sse-benchmark-key-0123456789abcdefghijklmnopqrstu"
 
 
 def _cpu(pid: int) -> float:
@@ -96,7 +102,8 @@ async def _streams(port: int, body: dict[str, Any], count: int, concurrency: int
     events = 0
     left = count
     connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    headers = {"Authorization": f"Bearer {BENCH_KEY}"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
         async def worker() -> None:
             nonlocal left, events
