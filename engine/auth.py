@@ -27,7 +27,14 @@ from typing import Any
 import msgspec
 
 from .config import Config
-from .errors import Forbidden, InvalidFields, NotFound, Overloaded, Unauthorized
+from .errors import (
+    Forbidden,
+    InvalidFields,
+    NotFound,
+    Overloaded,
+    StoreUnavailable,
+    Unauthorized,
+)
 from .keys import (
     ADMIN,
     ANONYMOUS,
@@ -51,6 +58,9 @@ from .limits import Admission, Limiter, LocalLimiter
 __all__ = ["Gatekeeper", "memory_parent"]
 
 log = logging.getLogger("engine.auth")
+
+#: Seconds a key's budget spending waits to be written, batched with the rest.
+SPEND_FLUSH = 1.0
 
 #: Query parameters that look like a key: refused by name, never read.
 _KEY_PARAMS = ("key", "api_key", "apikey", "api-key", "access_token")
@@ -89,7 +99,9 @@ class Gatekeeper:
         self.store: KeyStore | None = None
         self._local = LocalLimiter(spent=self._record_spent)
         self.limiter: Limiter = limiter if limiter is not None else self._local
-        self._writes: set[asyncio.Task[None]] = set()
+        # Spending not yet written, by (key id, period start); and the task that writes it.
+        self._pending: dict[tuple[str, float], int] = {}
+        self._flusher: asyncio.Task[None] | None = None
         #: True when requests need a key (see the module docstring).
         self.required = bool(self._static) or config.admin_key is not None
 
@@ -205,17 +217,36 @@ class Gatekeeper:
         return {"id": key.id, "alias": key.alias, "limits": policy, "used": used}
 
     def _record_spent(self, key_id: str, period_start: float, tokens: int) -> None:
+        """Note a generation's spending against its key's budget, for the store.
+
+        Written behind, in one batch a second at most: a write per request
+        would queue without bound on one SQLite connection under load. A crash
+        loses at most the last second's spending.
+        """
+        if self.store is None:
+            return
+        period = (key_id, period_start)
+        self._pending[period] = self._pending.get(period, 0) + tokens
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        try:
+            await asyncio.sleep(SPEND_FLUSH)
+        finally:
+            self._flusher = None
+            await self._flush()
+
+    async def _flush(self) -> None:
+        pending, self._pending = self._pending, {}
         store = self.store
         if store is None:
             return
-        task = asyncio.get_running_loop().create_task(store.add_spent(key_id, period_start, tokens))
-        self._writes.add(task)
-        task.add_done_callback(self._written)
-
-    def _written(self, task: asyncio.Task[None]) -> None:
-        self._writes.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not record a key's spending: %s", task.exception())
+        for (key_id, period_start), tokens in pending.items():
+            try:
+                await store.add_spent(key_id, period_start, tokens)
+            except StoreUnavailable as exc:
+                log.warning("could not record a key's spending: %s", exc.message)
 
     # -- the admin API -----------------------------------------------------------------
 
@@ -283,8 +314,10 @@ class Gatekeeper:
         await self.refresh()
 
     async def aclose(self) -> None:
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        if self._flusher is not None:
+            self._flusher.cancel()  # (it writes what is pending on its way out)
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        await self._flush()
         await self.limiter.aclose()
         if self.store is not None:
             store, self.store = self.store, None

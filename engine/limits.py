@@ -187,6 +187,7 @@ class _Counters:
 
     __slots__ = (
         "budget_end",
+        "budget_start",
         "budget_held",
         "budget_spent",
         "held",
@@ -201,6 +202,7 @@ class _Counters:
         #: Tokens reserved by running generations.
         self.held = 0
         self.streams = 0
+        self.budget_start = 0.0
         self.budget_end = 0.0
         self.budget_spent = 0
         self.budget_held = 0
@@ -325,7 +327,7 @@ class LocalLimiter:
         wall = self._wall()
         if wall >= counters.budget_end:
             start, end = period_bounds(policy.budget_period, wall)
-            counters.budget_end = end
+            counters.budget_start, counters.budget_end = start, end
             counters.budget_spent = self.seed.pop((key_id, start), 0)
             counters.budget_held = 0
         used = counters.budget_spent + counters.budget_held
@@ -345,8 +347,7 @@ class LocalLimiter:
             self._check_budget(key_id, counters, policy, 0)
         counters.budget_spent += used
         if self._spent is not None and used:
-            start, _ = period_bounds(policy.budget_period, wall)
-            self._spent(key_id, start, used)
+            self._spent(key_id, counters.budget_start, used)
 
     def usage(self, key_id: str, policy: KeyPolicy) -> dict[str, int | float | None]:
         """What a key has used and has left (``GET /v1/key``)."""

@@ -185,3 +185,20 @@ async def test_the_gateway_wide_stream_cap_is_503_with_retry_after(gateway):
     assert refused.status == 503 and refused.headers["Retry-After"] == "1"
     assert (await refused.json())["type"] == "overloaded"
     stream.close()
+
+
+async def test_a_budget_outlives_a_restart(aiohttp_client, tmp_path):
+    config = make_config(
+        memory_url=f"sqlite:///{tmp_path}/memory.db",
+        keys={"app": {"key": KEY, "budget_tokens": 100, "budget_period": "month"}},
+    )
+    first = await aiohttp_client(create_app(config))
+    spend = {**HI, "options": {"max_tokens": 60}}
+    assert (await first.post("/v1/chat", json=spend, headers=AUTH)).status == 200
+    await first.close()  # (what was spent is written on the way out)
+    second = await aiohttp_client(create_app(config))
+    used = (await (await second.get("/v1/key", headers=AUTH)).json())["used"]
+    assert used["budget_used"] >= 60
+    refused = await second.post("/v1/chat", json=spend, headers=AUTH)
+    assert refused.status == 429
+    assert (await refused.json())["type"] == "insufficient_quota"

@@ -397,7 +397,7 @@ async function clearConversation() {
 ui.composer.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = ui.prompt.value.trim();
-  if (!text || current) return;
+  if (!text || (current && !current.ended)) return;
   ui.prompt.value = "";
   current = new Exchange(text);
 });
@@ -407,7 +407,7 @@ ui.prompt.addEventListener("keydown", (event) => {
     ui.composer.requestSubmit();
   }
 });
-ui.stop.addEventListener("click", () => current && current.stop());
+ui.stop.addEventListener("click", () => current && !current.ended && current.stop());
 ui.load.addEventListener("click", loadConversation);
 ui.clear.addEventListener("click", clearConversation);
 ui.parent.addEventListener("change", loadConversation);
