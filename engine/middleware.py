@@ -23,6 +23,7 @@ headers by :class:`~engine.streams.EventStream` before they go out.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +35,7 @@ from .errors import (
     ExpectationFailed,
     HostNotAllowed,
     PayloadTooLarge,
+    UnsupportedField,
 )
 from .gateway import ENGINE
 from .hosts import HostCheck
@@ -44,6 +46,7 @@ from .streams.response import EXTRA_HEADERS
 __all__ = [
     "ADMISSION",
     "EXTRA_HEADERS",
+    "HISTORY",
     "PRINCIPAL",
     "SERVER_HEADER",
     "error_dialect",
@@ -74,6 +77,9 @@ _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_la
 PRINCIPAL = web.RequestKey("principal", Principal)
 #: The request's share of its key's limits, until a generation takes it over.
 ADMISSION = web.RequestKey("admission", Admission)
+#: Stored messages sent upstream ahead of the request's own (its memory's history).
+HISTORY = web.RequestKey("history", int)
+_MESSAGE_INDEX = re.compile(r"messages\[(\d+)\]")
 
 _PUBLIC: set[Callable[..., Any]] = set()
 _QUERY_TOKEN: set[Callable[..., Any]] = set()
@@ -160,6 +166,23 @@ def render_error(request: web.BaseRequest, exc: EngineError) -> web.Response:
     return response
 
 
+def _reindexed(exc: UnsupportedField, history: int) -> UnsupportedField:
+    """A provider's refusal of ``messages[i]`` in the request's own numbering.
+
+    Providers number the messages they were sent: the stored history first,
+    then the request's. A refused stored message is ``history[i]``.
+    """
+    match = _MESSAGE_INDEX.match(exc.field)
+    if match is None:
+        return exc
+    index = int(match.group(1))
+    where = f"messages[{index - history}]" if index >= history else f"history[{index}]"
+    message = exc.message.replace(match.group(0), where, 1)
+    if index < history:
+        message += " (a stored message of the conversation this request names)"
+    return UnsupportedField(message, field=exc.field.replace(match.group(0), where, 1))
+
+
 def _cors(request: web.Request, origins: list[str]) -> web.StreamResponse | None:
     """CORS for an allowed ``Origin``: a preflight's answer, or the headers of the response."""
     origin = request.headers.get("Origin")
@@ -202,6 +225,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 response.headers.update(extra)
         return response
     except EngineError as exc:
+        history = request.get(HISTORY)
+        if history and isinstance(exc, UnsupportedField):
+            exc = _reindexed(exc, history)
         engine = request.app.get(ENGINE)
         if engine is not None:
             exc = engine.scrub(exc)

@@ -620,3 +620,30 @@ async def test_a_gemini_signature_is_not_sent_to_openai(openai_upstream):
     ]
     await gw.sdk.chat.completions.create(model="openai/gpt-test", messages=messages)
     assert fake.requests[0].json["messages"][1]["tool_calls"] == TOOL_TURN["tool_calls"]
+
+
+async def test_a_refused_message_is_named_in_the_requests_own_numbering(gateway):
+    # Providers number what they are sent: the stored history, then the request's own.
+    gw = await gateway(providers={"anthropic": {"api_key": KEY, "base_url": "http://127.0.0.1:9"}})
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    session = {"X-Session-Parent": "Chat", "X-Session-Id": "renumbered"}
+    stored = await gw.raw.post(
+        "/v1/memory/Chat/renumbered/messages", json={"role": "user", "content": "earlier"}
+    )
+    assert stored.status == 201
+    ask = {"model": "anthropic/claude-test", "messages": [{"role": "user", "content": [audio]}]}
+    refused = await gw.raw.post("/v1/chat/completions", json=ask, headers=session)
+    assert refused.status == 400
+    error = (await refused.json())["error"]
+    assert (
+        error["param"] == "messages[0].content[0]" and "messages[0].content[0]" in error["message"]
+    )
+
+    await gw.raw.post(
+        "/v1/memory/Chat/renumbered/messages", json={"role": "user", "parts": [audio]}
+    )
+    plain = {"model": "anthropic/claude-test", "messages": HI}
+    refused = await gw.raw.post("/v1/chat/completions", json=plain, headers=session)
+    error = (await refused.json())["error"]
+    assert error["param"] == "history[1].content[0]"
+    assert "stored message of the conversation" in error["message"]

@@ -24,6 +24,7 @@ from ..gateway import ENGINE, Engine
 from ..memory.history import ChatMemory, attach
 from ..middleware import (
     ADMISSION,
+    HISTORY,
     SERVER_HEADER,
     add_headers,
     expect_handler,
@@ -82,9 +83,12 @@ async def attach_memory(
             body = msgspec.structs.replace(body, session=SessionRef(parent=parent, id=session.id))
     store = await engine.open_memory() if body.session is not None else None
     memory, messages = await attach(store, engine.config, body)
+    first = len(messages) - len(body.messages)
+    if first:
+        request[HISTORY] = first  # (a provider's refusal is renumbered by it)
     try:
         # With the stored history first: a tool result may answer a call made there.
-        check_tool_results(messages, first=len(messages) - len(body.messages))
+        check_tool_results(messages, first=first)
     except ValueError as exc:
         raise InvalidFields(str(exc)) from None
     return memory, messages
