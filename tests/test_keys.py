@@ -440,3 +440,12 @@ async def test_a_library_engine_with_keys_still_streams_without_http():
     async with Engine(keyed()) as engine:
         chunks = [c.content async for c in engine.provider("mock").stream([])]
     assert chunks
+
+
+async def test_the_model_list_shows_what_the_key_may_use(gateway):
+    config = keyed(keys={"app": {"key": KEY, "models": ["openai/*"]}, "other": {"key": OTHER}})
+    client = await gateway(config)
+    mine = await (await client.get("/v1/models", headers=bearer(KEY))).json()
+    theirs = await (await client.get("/v1/models", headers=bearer(OTHER))).json()
+    assert [m["id"] for m in mine["data"]] == []
+    assert "mock/mock-1" in [m["id"] for m in theirs["data"]]

@@ -46,7 +46,7 @@ from ..dialects.openai_chat import (
 from ..errors import InvalidFields, NotFound, UnknownProvider
 from ..gateway import ENGINE, Engine
 from ..memory.history import ChatMemory
-from ..middleware import SERVER_HEADER, error_dialect, expect_handler
+from ..middleware import SERVER_HEADER, error_dialect, expect_handler, principal
 from ..providers import PROVIDERS, ChunkStream, Provider
 from ..providers.fallback import Fallback
 from ..streams import EventStream
@@ -206,11 +206,14 @@ async def _start_completion(
 @routes.get("/v1/models")
 @error_dialect(error_answer)
 async def list_models(request: web.Request) -> web.Response:
-    """The default model of each provider with a key configured, and the mock's."""
+    """The default model of each provider with a key configured, and the mock's:
+    those the request's client key may use."""
     config = request.app[ENGINE].config
+    key = principal(request).key
     data = []
     for name in PROVIDERS:
         if name == "mock" or (config.providers.get(name) or ProviderSettings()).api_key:
-            model = config.provider_settings(name).model
-            data.append(Model(id=f"{name}/{model}", owned_by=name))
+            model = f"{name}/{config.provider_settings(name).model}"
+            if key is None or key.allows_model(model):
+                data.append(Model(id=model, owned_by=name))
     return json_response(ModelList(data=data))
