@@ -202,26 +202,39 @@ class Engine:
     async def open_keys(self) -> None:
         """Open the key store beside the memory store, read its keys, and keep them fresh.
 
-        A store that is down leaves the config's keys working; the refresh
-        retries every ``key_refresh`` seconds.
+        A store that is down at start-up leaves the config's keys working and
+        is retried every ``key_refresh`` seconds. Meanwhile a gateway that
+        would be open fails closed when it listens beyond loopback (unless
+        ``allow_anonymous``): stored keys it cannot read yet may exist.
         """
-        from .keystore import open_keystore
-
         config = self.config
         if config.limits_url:
             from .limits_redis import open_limiter
 
             self.gate.limiter = await open_limiter(config.limits_url)
-        try:
-            await self.gate.open(await open_keystore(config.memory_url))
-        except StoreUnavailable as exc:
-            log.warning("key store unavailable at start-up: %s", exc.message)
-            return
+        if not await self._open_keystore():
+            from .hosts import is_loopback
+
+            if not (config.allow_anonymous or is_loopback(config.host)):
+                self.gate.required = True
         self.spawn(self._refresh_keys())
+
+    async def _open_keystore(self) -> bool:
+        from .keystore import open_keystore
+
+        try:
+            await self.gate.open(await open_keystore(self.config.memory_url))
+        except StoreUnavailable as exc:
+            log.warning("key store unavailable: %s", exc.message)
+            return False
+        return True
 
     async def _refresh_keys(self) -> None:
         while True:
             await asyncio.sleep(self.config.key_refresh)
+            if self.gate.store is None:
+                await self._open_keystore()
+                continue
             try:
                 await self.gate.refresh()
             except StoreUnavailable as exc:

@@ -449,3 +449,12 @@ async def test_the_model_list_shows_what_the_key_may_use(gateway):
     theirs = await (await client.get("/v1/models", headers=bearer(OTHER))).json()
     assert [m["id"] for m in mine["data"]] == []
     assert "mock/mock-1" in [m["id"] for m in theirs["data"]]
+
+
+async def test_a_key_store_that_is_down_keeps_a_network_gateway_closed(gateway):
+    # Stored keys may exist that it cannot read: beyond loopback it refuses rather than opens.
+    down = make_config(host="0.0.0.0", memory_url="redis://127.0.0.1:1/0")
+    client = await gateway(down)
+    assert (await client.post("/v1/chat", json=HI)).status == 401
+    on_loopback = await gateway(make_config(memory_url="redis://127.0.0.1:1/0"))
+    assert (await on_loopback.post("/v1/chat", json=HI)).status == 200
