@@ -97,7 +97,7 @@ class Gatekeeper:
         self.ring = KeyRing(self._static)
         self._secret = derive_secret(config.admin_key, config.token_secret)
         self.store: KeyStore | None = None
-        self._local = LocalLimiter(spent=self._record_spent)
+        self._local = LocalLimiter(spent=self.record_spent)
         self.limiter: Limiter = limiter if limiter is not None else self._local
         # Spending not yet written, by (key id, period start); and the task that writes it.
         self._pending: dict[tuple[str, float], int] = {}
@@ -111,7 +111,11 @@ class Gatekeeper:
         """Read the stored keys and what they spent (at start-up)."""
         self.store = store
         await self.refresh()
-        self._local.seed.update(await store.spent())
+        spent = await store.spent()
+        self._local.seed.update(spent)
+        seed = getattr(self.limiter, "seed", None)
+        if isinstance(seed, dict) and seed is not self._local.seed:
+            seed.update(spent)
 
     async def refresh(self) -> None:
         """Re-read the stored keys into the ring (after a change, and every ``key_refresh``)."""
@@ -216,7 +220,7 @@ class Gatekeeper:
         used = self._local.usage(key.id, key) if self.limiter is self._local else {}
         return {"id": key.id, "alias": key.alias, "limits": policy, "used": used}
 
-    def _record_spent(self, key_id: str, period_start: float, tokens: int) -> None:
+    def record_spent(self, key_id: str, period_start: float, tokens: int) -> None:
         """Note a generation's spending against its key's budget, for the store.
 
         Written behind, in one batch a second at most: a write per request

@@ -209,9 +209,11 @@ class Engine:
         """
         config = self.config
         if config.limits_url:
-            from .limits_redis import open_limiter
+            from .memory import _driver
 
-            self.gate.limiter = await open_limiter(config.limits_url)
+            with _driver("redis", "redis", "redis"):
+                from .limits_redis import open_limiter
+            self.gate.limiter = await open_limiter(config.limits_url, spent=self.gate.record_spent)
         if not await self._open_keystore():
             from .hosts import is_loopback
 

@@ -325,11 +325,7 @@ class LocalLimiter:
     ) -> None:
         assert policy.budget_tokens is not None
         wall = self._wall()
-        if wall >= counters.budget_end:
-            start, end = period_bounds(policy.budget_period, wall)
-            counters.budget_start, counters.budget_end = start, end
-            counters.budget_spent = self.seed.pop((key_id, start), 0)
-            counters.budget_held = 0
+        self._roll(key_id, counters, policy, wall)
         used = counters.budget_spent + counters.budget_held
         if used + reserve > policy.budget_tokens:
             error = QuotaExceeded(
@@ -341,10 +337,17 @@ class LocalLimiter:
             error.retry = False
             raise error
 
+    def _roll(self, key_id: str, counters: _Counters, policy: KeyPolicy, wall: float) -> None:
+        """Start the budget period holding ``wall`` if the key's has ended."""
+        if wall >= counters.budget_end:
+            start, end = period_bounds(policy.budget_period, wall)
+            counters.budget_start, counters.budget_end = start, end
+            counters.budget_spent = self.seed.pop((key_id, start), 0)
+            counters.budget_held = 0
+
     def _charge(self, key_id: str, counters: _Counters, policy: KeyPolicy, used: int) -> None:
-        wall = self._wall()
-        if wall >= counters.budget_end:  # a new period began while it ran: it counts there
-            self._check_budget(key_id, counters, policy, 0)
+        # A new period that began while it ran: it counts there (never refused here).
+        self._roll(key_id, counters, policy, self._wall())
         counters.budget_spent += used
         if self._spent is not None and used:
             self._spent(key_id, counters.budget_start, used)

@@ -138,9 +138,11 @@ local function drop(id)
   local data = redis.call('HGET', KEYS[4], id)
   if not data then return end
   local reserve, ends = string.match(data, '^(-?%d+)|(.*)$')
-  redis.call('HINCRBY', KEYS[5], 'held', -tonumber(reserve))
+  -- 0 - n, not -n: -0 would be sent as "-0", which HINCRBY refuses.
+  local back = 0 - tonumber(reserve)
+  redis.call('HINCRBY', KEYS[5], 'held', back)
   if ends ~= '' and redis.call('HGET', KEYS[6], 'end') == ends then
-    redis.call('HINCRBY', KEYS[6], 'held', -tonumber(reserve))
+    redis.call('HINCRBY', KEYS[6], 'held', back)
   end
   redis.call('HDEL', KEYS[4], id)
   redis.call('ZREM', KEYS[3], id)
@@ -174,9 +176,11 @@ local function amount(member) return tonumber(string.match(member, '^(-?%d+):'))
 # ARGV: now ('' for TIME), lease id, reserve, lease seconds, ttl ms, then the
 # limits max_streams, rpm, tpm, budget_tokens ('' when unset), budget period,
 # seed period start ('' when none), seed tokens.
-# Returns {0, requests, requests reset, tokens, tokens reset} when admitted,
-# else {1, streams} (max_streams), {2, retry} (rpm), {3} (tpm: too large),
-# {4, retry or ''} (tpm), {5, used, retry} (budget). Checks in LocalLimiter's order.
+# Returns {code, detail, detail, requests, requests reset, tokens, tokens reset}:
+# the last four the key's counters for its x-ratelimit-* headers (a refusal
+# carries them too), the code 0 when admitted, else 1 (max_streams: streams),
+# 2 (rpm: retry), 3 (tpm: too large), 4 (tpm: retry or '') or 5 (budget: used,
+# retry). Checks in LocalLimiter's order.
 _ADMIT: Final = (
     _PRELUDE
     + r"""
@@ -184,42 +188,44 @@ local now = clock(ARGV[1])
 local id, reserve, lease, ttl = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local max_streams, rpm = tonumber(ARGV[6]), tonumber(ARGV[7])
 local tpm, budget = tonumber(ARGV[8]), tonumber(ARGV[9])
+local tokens, held  -- the tokens window's sum, the running generations' reservations
 
+-- The code and details of the reply; the shares taken when admitted.
 local function admit()
   for _, lapsed in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)) do drop(lapsed) end
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - WINDOW)
   local state = redis.call('HMGET', KEYS[5], 'tokens', 'held')
-  local tokens = tonumber(state[1] or '0')
+  tokens = tonumber(state[1] or '0')
   for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now - WINDOW)) do
     tokens = tokens - amount(member)
   end
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - WINDOW)
   if redis.call('EXISTS', KEYS[2]) == 0 then tokens = 0 end
   tokens = math.max(0, tokens)
-  local held = math.max(0, tonumber(state[2] or '0'))
+  held = math.max(0, tonumber(state[2] or '0'))
   redis.call('HSET', KEYS[5], 'tokens', tokens, 'held', held)
 
   -- A retry of an admission that was taken (its reply was lost): take nothing twice.
   if redis.call('HEXISTS', KEYS[4], id) == 0 then
     local streams = redis.call('ZCARD', KEYS[3])
-    if max_streams and streams >= max_streams then return {1, streams} end
+    if max_streams and streams >= max_streams then return 1, streams end
     local requests = redis.call('ZCARD', KEYS[1])
     if rpm and requests >= rpm then
       -- The admission whose expiry brings the count under the limit.
       local at = redis.call('ZRANGE', KEYS[1], requests - rpm, requests - rpm, 'WITHSCORES')
-      return {2, fmt(tonumber(at[2]) + WINDOW - now)}
+      return 2, fmt(tonumber(at[2]) + WINDOW - now)
     end
     if tpm then
-      if reserve > tpm then return {3} end
+      if reserve > tpm then return 3 end
       local over = tokens + held + reserve - tpm
       if over > 0 then
         local freed = 0
         local entries = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
         for i = 1, #entries, 2 do
           freed = freed + amount(entries[i])
-          if freed >= over then return {4, fmt(tonumber(entries[i + 1]) + WINDOW - now)} end
+          if freed >= over then return 4, fmt(tonumber(entries[i + 1]) + WINDOW - now) end
         end
-        return {4, ''}  -- only running generations hold it: nobody knows when they end
+        return 4, ''  -- only running generations hold it: nobody knows when they end
       end
     end
     local ends = ''
@@ -227,7 +233,7 @@ local function admit()
       rollover(ARGV[10], now, ARGV[11], ARGV[12])
       local b = redis.call('HMGET', KEYS[6], 'spent', 'held', 'end')
       local used = tonumber(b[1]) + tonumber(b[2])
-      if used + reserve > budget then return {5, used, fmt(tonumber(b[3]) - now)} end
+      if used + reserve > budget then return 5, used, fmt(tonumber(b[3]) - now) end
       ends = b[3]
     end
     -- Admitted: take every share at once.
@@ -238,26 +244,26 @@ local function admit()
     held = held + reserve
     redis.call('HSET', KEYS[5], 'held', held)
   end
-
-  local reset = 0
-  local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
-  if #newest > 0 then reset = tonumber(newest[2]) + WINDOW - now end
-  if held > 0 then reset = math.max(reset, WINDOW) end
-  local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-  local requests_reset = 0
-  if #last > 0 then requests_reset = tonumber(last[2]) + WINDOW - now end
-  return {0, redis.call('ZCARD', KEYS[1]), fmt(requests_reset), tokens + held, fmt(reset)}
+  return 0
 end
 
-local reply = admit()
+local code, first, second = admit()
 keep(ttl, now)  -- refused or not: a key with no TTL would outlive its use
-return reply
+local reset = 0
+local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+if #newest > 0 then reset = tonumber(newest[2]) + WINDOW - now end
+if held > 0 then reset = math.max(reset, WINDOW) end
+local requests_reset = 0
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if #last > 0 then requests_reset = tonumber(last[2]) + WINDOW - now end
+return {code, first or '', second or '', redis.call('ZCARD', KEYS[1]), fmt(requests_reset),
+        tokens + held, fmt(reset)}
 """
 )
 
 # ARGV: now, lease id, tokens used, ttl ms, budget period ('' when the
-# admission had no budget), seed period start, seed tokens. Returns the budget
-# period the usage was charged to ('' without a budget).
+# admission had no budget), seed period start, seed tokens. Returns the start
+# of the budget period the usage was charged to ('' without a budget).
 _RELEASE: Final = (
     _PRELUDE
     + r"""
@@ -271,7 +277,7 @@ local start = ''
 if ARGV[5] ~= '' then
   rollover(ARGV[5], now, ARGV[6], ARGV[7])
   if counted then redis.call('HINCRBY', KEYS[6], 'spent', used) end
-  start = fmt(bounds(ARGV[5], now))
+  start = redis.call('HGET', KEYS[6], 'start')  -- the period it counted in
 end
 keep(ARGV[4], now)
 return start
@@ -352,8 +358,8 @@ class RedisLimiter:
         return "" if self._clock is None else repr(float(self._clock()))
 
     def _seed(self, key_id: str, policy: KeyPolicy) -> list[str | int]:
-        """The key store's spending for the current period, if known: [start, tokens]."""
-        if self.seed:
+        """The key store's spending in the current budget period, if known: [start, tokens]."""
+        if self.seed and policy.budget_tokens is not None:
             wall = time.time() if self._clock is None else self._clock()
             start, _ = period_bounds(policy.budget_period, wall)
             tokens = self.seed.get((key_id, start))
@@ -372,7 +378,6 @@ class RedisLimiter:
         if self._closed:
             raise StoreUnavailable("the rate limiter is closed")
         lease_id = secrets.token_hex(12)
-        budget = policy.budget_tokens is not None
         args: list[str | int | float] = [
             self._now(),
             lease_id,
@@ -384,23 +389,25 @@ class RedisLimiter:
             _limit(policy.tpm),
             _limit(policy.budget_tokens),
             policy.budget_period,
-            *(self._seed(key_id, policy) if budget else ["", 0]),
+            *self._seed(key_id, policy),
         ]
         keys = self.keys(key_id)
         with translate_errors(ERRORS, "count a request against its key's limits", self._url):
             reply = await self._admit(keys=keys, args=args)
+        headers = rate_headers(
+            policy,
+            requests=int(reply[3]),
+            requests_reset=float(reply[4]),
+            tokens=int(reply[5]),
+            tokens_reset=float(reply[6]),
+        )
         if int(reply[0]):
-            raise _refusal(reply, policy, reserve)
+            error = _refusal(reply, policy, reserve)
+            error.headers = headers
+            raise error
         self._live[lease_id] = key_id
         if self._renewer is None:
             self._renewer = asyncio.get_running_loop().create_task(self._renew_forever())
-        headers = rate_headers(
-            policy,
-            requests=int(reply[1]),
-            requests_reset=float(reply[2]),
-            tokens=int(reply[3]),
-            tokens_reset=float(reply[4]),
-        )
 
         def release(used: int) -> None:
             self._live.pop(lease_id, None)
@@ -426,7 +433,7 @@ class RedisLimiter:
             used,
             self._ttl_ms,
             policy.budget_period if budget else "",
-            *(self._seed(key_id, policy) if budget else ["", 0]),
+            *self._seed(key_id, policy),
         ]
         try:
             with translate_errors(ERRORS, "give a generation's share back", self._url):

@@ -318,6 +318,17 @@ async def test_usage_across_a_period_end_counts_in_the_new_period(limiter, clock
     await limiter.admit("key_a", policy, 70)
 
 
+async def test_a_hold_from_the_last_period_is_not_given_back_to_the_new_one(limiter, clock):
+    clock.now = at("2024-05-31T23:59:50")
+    policy = KeyPolicy(budget_tokens=100, budget_period="month")
+    old = await limiter.admit("key_a", policy, 50)
+    clock.advance(20)
+    await limiter.admit("key_a", policy, 60)  # June: the budget starts anew, 60 held
+    await release(limiter, old, 0)  # its 50 were held in May, not June
+    await refused(limiter, policy, reserve=41)
+    await limiter.admit("key_a", policy, 40)
+
+
 async def test_a_seeded_budget_starts_from_what_the_key_store_says(limiter, clock):
     start, _ = period_bounds("month", clock.now)
     limiter.seed[("key_a", start)] = 90
@@ -353,6 +364,26 @@ async def test_rate_headers_say_the_limits_what_is_left_and_when_it_resets(limit
         "x-ratelimit-remaining-requests",
         "x-ratelimit-reset-requests",
     }
+
+
+async def test_a_refusal_carries_the_rate_headers_too(limiter, clock):
+    policy = KeyPolicy(rpm=2, tpm=100)
+    await release(limiter, await limiter.admit("key_a", policy, 30), 20)  # at T0
+    clock.advance(15)
+    await limiter.admit("key_a", policy, 30)  # running, at T0+15
+    clock.advance(5)
+    error = await refused(limiter, policy)
+    assert error.retry_after == 40.0  # T0's admission leaves at T0+60
+    assert error.headers == {
+        "x-ratelimit-limit-requests": "2",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "55s",  # the window is empty at T0+15+60
+        "x-ratelimit-limit-tokens": "100",
+        "x-ratelimit-remaining-tokens": "50",  # 20 used + 30 held
+        "x-ratelimit-reset-tokens": "1m0s",  # a reservation is held: a full window
+    }
+    quota = await refused(limiter, KeyPolicy(budget_tokens=5), 6, key="key_b")
+    assert quota.headers == {}  # no rpm, no tpm: no headers to send
 
 
 # -- LocalLimiter and the helpers only -----------------------------------------------
