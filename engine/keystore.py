@@ -154,9 +154,18 @@ class SQLiteKeys(KeyStore):
         )
 
     async def delete(self, key_id: str) -> bool:
-        await self._run("DELETE FROM client_key_spend WHERE key_id = ?", key_id)
-        rows = await self._run("DELETE FROM client_keys WHERE id = ? RETURNING id", key_id)
-        return bool(rows)
+        def run() -> bool:
+            with self._db:  # one transaction: the key and its spending go together
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("DELETE FROM client_key_spend WHERE key_id = ?", (key_id,))
+                cursor = self._db.execute("DELETE FROM client_keys WHERE id = ?", (key_id,))
+                return cursor.rowcount > 0
+
+        async with self._lock:
+            try:
+                return await anyio.to_thread.run_sync(run)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"key store failed: {exc}") from exc
 
     async def add_spent(self, key_id: str, period_start: float, tokens: int) -> None:
         await self._run(
