@@ -217,8 +217,22 @@ class Gatekeeper:
     def usage(self, key: ClientKey) -> dict[str, Any]:
         """``GET /v1/key``: the key's limits and what is left of them."""
         policy = msgspec.to_builtins(key.policy())
-        used = self._local.usage(key.id, key) if self.limiter is self._local else {}
-        return {"id": key.id, "alias": key.alias, "limits": policy, "used": used}
+        view: dict[str, Any] = {"id": key.id, "alias": key.alias, "limits": policy}
+        if self.limiter is not self._local:
+            return view  # (the counters are in Redis; the rate-limit headers show them)
+        used = self._local.usage(key.id, key)
+        left = {}
+        for limit, count in (
+            ("rpm", "requests_in_window"),
+            ("tpm", "tokens_in_window"),
+            ("max_streams", "streams"),
+            ("budget_tokens", "budget_used"),
+        ):
+            value = getattr(key, limit)
+            if value is not None:
+                left[limit] = max(0, value - int(used[count] or 0))
+        view["used"], view["remaining"] = used, left
+        return view
 
     def record_spent(self, key_id: str, period_start: float, tokens: int) -> None:
         """Note a generation's spending against its key's budget, for the store.

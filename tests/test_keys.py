@@ -193,6 +193,7 @@ async def test_the_admin_makes_lists_changes_rotates_and_revokes_keys(gateway):
     assert (await patched.json())["rpm"] == 7
     own = await (await client.get("/v1/key", headers=bearer(secret))).json()
     assert own["limits"]["rpm"] == 7 and own["used"]["requests_in_window"] == 1
+    assert own["remaining"] == {"rpm": 6}
 
     rotated = await (await client.post(f"/v1/admin/keys/{kid}/rotate", headers=admin)).json()
     assert rotated["id"] == kid and rotated["key"] != secret
