@@ -10,7 +10,9 @@ land mid-stream.
 The browser tests are skipped when chromium or playwright is missing, except
 under CI (``CI`` set), where ``.ci/run`` installs both and a missing one fails.
 ``ENGINE_SCREENSHOT=docs/playground.png`` makes the streaming test save its
-screenshot there (the README's).
+screenshot there (the README's). With client keys on (``keys={"app": {"key":
+KEY}}``), the key is typed into the page: it must go as ``Authorization:
+Bearer`` on fetches only, and each EventSource carry a minted token instead.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import contextlib
 import os
 import re
 import shutil
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin
 
+import msgspec
 import pytest
 from aiohttp import web
 
@@ -43,7 +47,7 @@ from .test_browser import CHROMIUM_ARGS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 try:
-    from playwright.async_api import Page, async_playwright
+    from playwright.async_api import Page, Request, async_playwright
 except ImportError:  # pragma: no cover - depends on the machine
     async_playwright = None
 
@@ -61,6 +65,14 @@ PAGE_TYPES = {
     "/playground.css": "text/css",
     "/playground.svg": "image/svg+xml",
 }
+#: A client key of the keyed browser tests, and its id (memory is stored under it).
+KEY = "sk-sse-playground-test-key-0123456789abcdef"
+KEYED = {"keys": {"app": {"key": KEY}}}
+KEY_PARENT = "cfg_app/playground"
+#: The page has loaded (the models and the conversation have answered). A
+#: function, not an expression: playwright polls an expression with eval, which
+#: the page's Content-Security-Policy forbids.
+READY = "() => document.body.dataset.ready === 'true'"
 
 
 def _policy(header: str) -> dict[str, list[str]]:
@@ -238,6 +250,10 @@ class Browser:
     proxy: CuttingProxy
     #: Console errors and uncaught exceptions of the page: none, in every test.
     errors: list[str] = field(default_factory=list)
+    #: Every console message of the page (none may hold the key).
+    console: list[str] = field(default_factory=list)
+    #: Every request the page made, in order.
+    requests: list[Request] = field(default_factory=list)
 
     async def send(self, text: str, *, model: str | None = None, options: str = "") -> None:
         if model is not None:
@@ -264,6 +280,30 @@ class Browser:
     async def reply(self) -> str:
         return (await self.texts(".msg.assistant .text"))[-1]
 
+    async def use_key(self, key: str, *, remember: bool = False) -> None:
+        """Type ``key`` in, press Enter, and wait for the page to have reloaded with it."""
+        await self.tab.fill("#key", key)
+        if remember:
+            await self.tab.check("#remember")
+        await self.tab.press("#key", "Enter")
+        await self.wait(READY)
+
+    def sent(self, fragment: str, kind: str | None = None) -> list[Request]:
+        """The requests whose URL holds ``fragment`` (of resource type ``kind``)."""
+        return [
+            r
+            for r in self.requests
+            if fragment in r.url and (kind is None or r.resource_type == kind)
+        ]
+
+    async def assert_key_never_leaked(self) -> None:
+        """The key went in no URL, no console message, no raw frame, no localStorage."""
+        assert self.requests
+        assert all(KEY not in r.url for r in self.requests)
+        assert all(KEY not in m for m in self.console)
+        assert KEY not in await self.text("#raw")
+        assert await self.tab.evaluate("localStorage.length") == 0
+
 
 @contextlib.asynccontextmanager
 async def browser(*, rewind: int = 0, **config: Any) -> AsyncIterator[Browser]:
@@ -287,9 +327,11 @@ async def browser(*, rewind: int = 0, **config: Any) -> AsyncIterator[Browser]:
                 tab = await chromium.new_page(viewport={"width": 1000, "height": 820})
                 env = Browser(tab, engine, proxy)
                 tab.on("console", lambda m: m.type == "error" and env.errors.append(m.text))
+                tab.on("console", lambda m: env.console.append(m.text))
+                tab.on("request", lambda r: env.requests.append(r))
                 tab.on("pageerror", lambda exc: env.errors.append(f"uncaught: {exc}"))
                 await tab.goto(f"http://127.0.0.1:{port}/llm/")
-                await env.wait("document.body.dataset.ready === 'true'")
+                await env.wait(READY)
                 yield env
             finally:
                 await chromium.close()
@@ -465,6 +507,10 @@ async def test_with_keys_on_the_page_loads_and_says_what_the_api_answered():
         [memory, models] = sorted(notices)  # the two loads answer in either order
         assert models.startswith("models: ") and "unauthorized" in models
         assert memory.startswith("memory: ") and memory.endswith("(401 unauthorized)")
+        # And next to the key field, which is empty.
+        assert (await env.text("#key-state")).startswith("key needed: this gateway needs a key")
+        assert await env.tab.get_attribute("#key", "type") == "password"
+        assert await env.tab.get_attribute("#key", "autocomplete") == "off"
         assert [e for e in env.errors if not _network_report(e)] == []
 
 
@@ -490,3 +536,217 @@ async def test_the_conversation_picker_loads_and_clears_the_stored_messages():
         assert await env.texts(".msg") == []
         assert await other.get_messages() == []
         assert env.errors == []
+
+
+# -- with client keys on ---------------------------------------------------------------
+
+
+async def _authorization(request: Request) -> str | None:
+    return (await request.all_headers()).get("authorization")
+
+
+@needs_browser
+async def test_with_the_key_typed_in_the_page_streams_through_a_minted_token_and_stops():
+    async with browser(**KEYED) as env:
+        assert (await env.text("#key-state")).startswith("key needed: ")
+        await env.use_key(KEY)
+        assert await env.text("#key-state") == ""
+        assert await env.texts("#notices li") == []
+        assert await env.tab.input_value("#model") == "mock/mock-1"  # /v1/models, with the key
+        await env.wait_status("playground/demo: 0 stored messages")
+
+        await env.send("hello", options="max_tokens=500&interval_ms=40")
+        await env.wait_tokens(5)
+        await env.tab.click("#stop")
+        await env.wait_status("stopped")
+        assert "stop: the stream is stopped" in await env.texts("#notices li")
+        sid = await env.text("#stream-id")
+        assert env.engine.generations.ended_state(sid) == "stopped"
+        # A second reply reuses the token: it has minutes left.
+        await env.send("again", options="max_tokens=5&interval_ms=0")
+        await env.wait_status("done")
+        assert await env.reply() == expected("again", 5)
+
+        [mint] = env.sent("/v1/tokens")
+        assert mint.method == "POST" and mint.post_data_json == {"ttl": 300}
+        streams = env.sent("/v1/chat/stream?", "eventsource")
+        assert len(streams) == 2
+        for stream in streams:
+            assert re.search(r"[?&]token=sset-[\w.-]+(&|$)", stream.url), stream.url
+            assert await _authorization(stream) is None  # EventSource sends no header
+        # Every fetch carries the key as a header: the loads, the mint, Stop.
+        fetched = [r for r in env.requests if r.resource_type == "fetch"]
+        assert {r.url.split("/llm/", 1)[1].split("?")[0] for r in fetched} >= {
+            "v1/models",
+            "v1/memory/playground/demo",
+            "v1/tokens",
+            f"v1/streams/{sid}/stop",
+        }
+        after_key = fetched[2:]  # the two loads before the key was typed in went without
+        assert [await _authorization(r) for r in after_key] == [f"Bearer {KEY}"] * len(after_key)
+        # The raw view names the token by its prefix only.
+        await env.tab.check("#raw-toggle")
+        raw = await env.text("#raw")
+        assert ": POST v1/tokens: a token for EventSource, valid " in raw
+        assert "&token=sset-…" in raw and "token=sset-e" not in raw
+        await env.assert_key_never_leaked()
+        assert await env.tab.evaluate("sessionStorage.length") == 0  # not asked to remember
+        # The reply is stored in the key's own conversation.
+        mine = (await env.engine.open_memory()).for_parent(KEY_PARENT, "demo")
+        assert [m.content for m in await mine.get_messages()][0::2] == ["hello", "again"]
+        assert [e for e in env.errors if not _network_report(e)] == []
+
+
+@needs_browser
+async def test_with_the_key_typed_in_memory_loads_the_keys_own_conversation():
+    async with browser(**KEYED) as env:
+        store = await env.engine.open_memory()
+        earlier = store.for_parent(KEY_PARENT, "earlier")
+        await earlier.add_message("user", "what is SSE?")
+        await earlier.add_message("assistant", "Server-Sent Events.")
+        await env.use_key(KEY)
+        await env.tab.fill("#conversation", "earlier")
+        await env.tab.click("#load")
+        await env.wait_status("playground/earlier: 2 stored messages")
+        assert await env.texts(".msg .text") == ["what is SSE?", "Server-Sent Events."]
+        await env.tab.click("#clear")
+        await env.wait_status("playground/earlier: cleared 2 messages")
+        assert await earlier.get_messages() == []
+        await env.assert_key_never_leaked()
+        assert [e for e in env.errors if not _network_report(e)] == []
+
+
+@needs_browser
+async def test_a_wrong_key_is_said_to_be_refused_next_to_the_key_field():
+    async with browser(**KEYED) as env:
+        await env.use_key("sk-sse-not-the-right-key-0000000000000000")
+        state = await env.text("#key-state")
+        assert state.startswith("key refused: invalid API key"), state
+        assert await env.tab.get_attribute("#key", "aria-invalid") == "true"
+        assert sorted(n.split(":")[0] for n in await env.texts("#notices li.error")) == [
+            "memory",
+            "models",
+        ]
+        await env.send("hello", model="mock/mock-1")
+        await env.wait_status("error")
+        assert await env.text("#key-state") == "key refused: invalid API key (401 unauthorized)"
+        assert await env.texts("#notices li.error") == ["token: invalid API key (401 unauthorized)"]
+        assert env.sent("v1/chat/stream") == []  # no stream without a token
+        # The right key clears it.
+        await env.use_key(KEY)
+        assert await env.text("#key-state") == ""
+        assert await env.tab.get_attribute("#key", "aria-invalid") == "false"
+        assert await env.texts("#notices li") == []
+        await env.wait_status("playground/demo: 0 stored messages")
+        assert [e for e in env.errors if not _network_report(e)] == []
+
+
+@needs_browser
+async def test_a_cut_connection_resumes_with_the_same_token():
+    async with browser(**KEYED) as env:
+        await env.use_key(KEY)
+        await env.send("hello", options="max_tokens=60&interval_ms=30")
+        await env.wait_tokens(10)
+        env.proxy.cut()
+        await env.wait_status("done")
+        notices = await env.texts("#notices li")
+        assert len([n for n in notices if n.startswith("resumed at event ")]) == 1, notices
+        assert await env.reply() == expected("hello", 60)
+        # EventSource asked again with its URL (and Last-Event-ID): the token still holds.
+        first, again = env.sent("/v1/chat/stream?", "eventsource")
+        assert first.url == again.url and "token=sset-" in first.url
+        assert (await again.all_headers())["last-event-id"].startswith(
+            await env.text("#stream-id") + ":"
+        )
+        assert len(env.sent("/v1/tokens")) == 1
+        await env.assert_key_never_leaked()
+        assert [e for e in env.errors if not _network_report(e)] == []
+
+
+@needs_browser
+async def test_a_resume_after_the_token_expired_mints_another_and_resumes_from_the_last_event(
+    monkeypatch,
+):
+    async with browser(**KEYED) as env:
+        gate = env.engine.gate
+        # Tokens of 2 s (the config's floor is 10 s: not worth waiting for).
+        monkeypatch.setattr(gate, "config", msgspec.structs.replace(gate.config, token_ttl=2.0))
+        mint, expiries = gate.mint, []
+
+        def recording(who, ttl):
+            token, expires = mint(who, ttl)
+            expiries.append(expires)
+            return token, expires
+
+        monkeypatch.setattr(gate, "mint", recording)
+        await env.use_key(KEY)
+        await env.send("hello", options="max_tokens=300&interval_ms=20")
+        await env.wait_tokens(5)
+        await asyncio.sleep(max(0.0, expiries[0] - time.time()) + 0.2)
+        assert await env.text("#finish") == "–"  # still streaming, its token expired
+        env.proxy.cut()
+        await env.wait_status("done")
+        notices = await env.texts("#notices li")
+        refused = [n for n in notices if n.startswith("the stream's token was refused")]
+        assert refused == [
+            "the stream's token was refused (this token has expired: mint another with "
+            "POST /v1/tokens (401 unauthorized)): resuming with a new token"
+        ], notices
+        assert len([n for n in notices if n.startswith("resumed at event ")]) == 1, notices
+        assert await env.reply() == expected("hello", 300)  # every token, once
+        sid = await env.text("#stream-id")
+        assert env.engine.generations.ended_state(sid) == "done"  # one generation
+        # The reconnect with the expired token, then the resume route under a new one.
+        assert len(env.sent("/v1/tokens")) == 2 and len(expiries) == 2
+        chat = env.sent("/v1/chat/stream?", "eventsource")
+        assert len(chat) == 2 and chat[0].url == chat[1].url
+        [resume] = env.sent(f"/v1/streams/{sid}?", "eventsource")
+        seen = (await chat[1].all_headers())["last-event-id"]
+        assert f"last_event_id={seen.replace(':', '%3A')}&token=sset-" in resume.url
+        assert chat[0].url.split("token=")[1] != resume.url.split("token=")[1]
+        conversation = (await env.engine.open_memory()).for_parent(KEY_PARENT, "demo")
+        stored = [m.content for m in await conversation.get_messages()]
+        assert stored == ["hello", expected("hello", 300)]
+        await env.assert_key_never_leaked()
+        assert [e for e in env.errors if not _network_report(e)] == []
+
+
+@needs_browser
+async def test_remember_in_this_tab_keeps_the_key_in_session_storage_only():
+    async with browser(**KEYED) as env:
+        await env.use_key(KEY)  # not remembered: a reload forgets it
+        await env.tab.reload()
+        await env.wait(READY)
+        assert await env.tab.input_value("#key") == ""
+        assert (await env.text("#key-state")).startswith("key needed: ")
+
+        await env.use_key(KEY, remember=True)
+        assert await env.tab.evaluate("Object.values(sessionStorage)") == [KEY]
+        await env.tab.reload()
+        await env.wait(READY)
+        assert await env.tab.input_value("#key") == KEY
+        assert await env.tab.is_checked("#remember")
+        assert await env.text("#key-state") == ""
+        assert await env.tab.input_value("#model") == "mock/mock-1"
+
+        await env.tab.uncheck("#remember")
+        assert await env.tab.evaluate("sessionStorage.length") == 0
+        await env.assert_key_never_leaked()
+        assert [e for e in env.errors if not _network_report(e)] == []
+
+
+@needs_browser
+async def test_on_an_open_gateway_a_key_typed_in_is_harmless_and_no_token_is_used():
+    async with browser() as env:
+        await env.use_key("sk-sse-anything-at-all-00000000000000000")
+        await env.send("hello", options="max_tokens=5&interval_ms=0")
+        await env.wait_status("done")
+        assert await env.reply() == expected("hello", 5)
+        assert await env.text("#key-state") == ""
+        [stream] = env.sent("/v1/chat/stream?", "eventsource")
+        assert "token=" not in stream.url
+        await env.send("again", options="max_tokens=5&interval_ms=0")
+        await env.wait_status("done")
+        assert len(env.sent("/v1/tokens")) == 1  # its 403 is remembered for the key
+        # The browser reports the 403 itself; nothing else may reach the console.
+        assert [e for e in env.errors if not _network_report(e)] == []
