@@ -15,7 +15,7 @@ $(BIN)/python:
 
 # Stamp files: reinstall only when the packaging metadata changes.
 $(VENV)/.installed: $(BIN)/python setup.cfg setup.py pyproject.toml
-	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q -e '.[metrics]'
 	@touch $@
 
 $(VENV)/.installed-test: $(BIN)/python setup.cfg setup.py pyproject.toml

@@ -2,9 +2,10 @@
 
     python -m benchmarks.ab OLD [NEW] [--rounds N] [--old-flags "..."] [--new-flags "..."]
 
-``OLD`` and ``NEW`` are git revisions (``NEW`` defaults to the working tree);
-the flags go to each side's ``serve`` (``--old-flags "--resume off"`` with
-the same revision on both sides measures a feature's cost).
+``OLD`` and ``NEW`` are git revisions (``NEW`` defaults to the working tree;
+``.`` names the working tree on either side); the flags go to each side's
+``serve`` (``. --old-flags "--metrics off"``, the working tree against itself,
+measures a feature's cost).
 Each is exported (``git archive``) to a temporary folder and served by its own
 ``python -m engine serve`` pinned to CPU 0, both at once; the load and a fake
 OpenAI upstream (this tree's ``engine.testing``) run on CPU 1. Rounds alternate
@@ -62,8 +63,8 @@ def _cpu(pid: int) -> float:
 
 @contextlib.contextmanager
 def _tree(rev: str | None) -> Iterator[Path]:
-    """The source of ``rev`` in a folder (the working tree itself for ``None``)."""
-    if rev is None:
+    """The source of ``rev`` in a folder (the working tree itself for ``None`` or ``.``)."""
+    if rev is None or rev == ".":
         yield ROOT
         return
     with tempfile.TemporaryDirectory(prefix="sse-ab-") as tmp:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from . import __version__
 from .config import Config
 from .errors import EngineError
+from .gateway import ENGINE
 from .server import start_server
 
 __all__ = ["main"]
@@ -91,6 +92,25 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", choices=["debug", "info", "warning", "error"], help="default info"
     )
     serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="json: one JSON object a line, with a line per request and per stream end",
+    )
+    serve.add_argument(
+        "--log-content",
+        action="store_true",
+        default=None,
+        help="put message content (a reply's text) in the stream-end log lines",
+    )
+    serve.add_argument(
+        "--metrics", choices=["on", "off"], help="count for GET /metrics (default on)"
+    )
+    serve.add_argument(
+        "--drain-delay",
+        type=float,
+        help="seconds /readyz answers 503 after SIGTERM before the listener closes (default 0)",
+    )
     serve.add_argument(
         "--allow-anonymous",
         action="store_true",
@@ -178,6 +198,12 @@ async def serve(config: Config, *, access_log: bool = False, loop_name: str = "a
     )
     try:
         await stop.wait()
+        # Not ready from now on: a load balancer that reads /readyz stops sending
+        # new streams while the listener still answers (--drain-delay).
+        runner.app[ENGINE].draining = True
+        if config.drain_delay:
+            log.info("draining for %g s before closing the listener", config.drain_delay)
+            await asyncio.sleep(config.drain_delay)
     finally:
         log.info("shutting down")
         # Stops listening, runs on_shutdown (the grace period), then closes.
@@ -211,6 +237,10 @@ def _load_config(args: argparse.Namespace) -> Config:
         cors_origins=args.cors_origins,
         max_streams=args.max_streams,
         max_connections_per_ip=args.max_connections_per_ip,
+        log_format=args.log_format,
+        log_content=args.log_content,
+        metrics=None if args.metrics is None else args.metrics == "on",
+        drain_delay=args.drain_delay,
     )
 
 
@@ -230,9 +260,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refusal is not None:
         print(f"sse-engine: {refusal}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from .logs import configure
+
+    configure(config.log_level, config.log_format)
     loop_name = _use_uvloop()
     try:
         asyncio.run(serve(config, access_log=args.access_log, loop_name=loop_name))

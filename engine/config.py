@@ -70,6 +70,8 @@ _ENGINE_ENV: dict[str, str] = {
     "admin_key": "SSE_ENGINE_ADMIN_KEY",
     "token_secret": "SSE_ENGINE_TOKEN_SECRET",
     "limits_url": "SSE_ENGINE_LIMITS_URL",
+    "log_format": "ENGINE_LOG_FORMAT",
+    "metrics_key": "SSE_ENGINE_METRICS_KEY",
 }
 
 Seconds = Annotated[float, Meta(gt=0)]
@@ -210,13 +212,25 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     limits_url: str | None = None
     #: Seconds between re-reads of the stored keys (changes made elsewhere show within it).
     key_refresh: Seconds = 5.0
+    #: Count for ``GET /metrics`` (needs the ``metrics`` extra, prometheus_client).
+    metrics: bool = True
+    #: A bearer token that may read ``/metrics`` when client keys are on (so may the
+    #: admin key); with no keys, ``/metrics`` is open like the rest of the gateway.
+    metrics_key: Annotated[str, Meta(min_length=20, max_length=512)] | None = None
+    #: ``text``, or ``json``: one JSON object per line, a line per request and per stream end.
+    log_format: Literal["text", "json"] = "text"
+    #: Put message content (a reply's text) in the stream-end log lines.
+    log_content: bool = False
+    #: Seconds between SIGTERM and closing the listener, ``/readyz`` answering 503
+    #: meanwhile, so a load balancer stops sending new streams first (``serve``).
+    drain_delay: Annotated[float, Meta(ge=0)] = 0.0
 
     def __repr__(self) -> str:
         # The admin key and the token secret stay out of reprs, tracebacks and logs.
         shown = []
         for name in self.__struct_fields__:
             value = getattr(self, name)
-            if name in ("admin_key", "token_secret") and value is not None:
+            if name in ("admin_key", "token_secret", "metrics_key") and value is not None:
                 value = "***"
             shown.append(f"{name}={value!r}")
         return f"Config({', '.join(shown)})"

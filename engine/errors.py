@@ -26,6 +26,7 @@ Tree::
     ├── RateLimited                  429 rate_limit_exceeded (a client key's limit)
     │   └── QuotaExceeded            429 insufficient_quota  (its token budget is spent)
     ├── Overloaded                   503 overloaded          (the gateway's stream cap)
+    ├── MetricsUnavailable           503 metrics_unavailable (no prometheus_client)
     ├── ProviderNotConfigured        503 provider_not_configured
     ├── StoreUnavailable             503 store_unavailable
     ├── ShuttingDown                 503 shutdown
@@ -57,6 +58,7 @@ __all__ = [
     "HostNotAllowed",
     "InvalidFields",
     "NotFound",
+    "MetricsUnavailable",
     "Overloaded",
     "PayloadTooLarge",
     "ProviderNotConfigured",
@@ -250,6 +252,13 @@ class Overloaded(EngineError):
 
     status = 503
     type = "overloaded"
+
+
+class MetricsUnavailable(EngineError):
+    """Raised by ``GET /metrics`` when prometheus_client (the ``metrics`` extra) is missing."""
+
+    status = 503
+    type = "metrics_unavailable"
 
 
 class ProviderNotConfigured(EngineError):

@@ -30,6 +30,7 @@ from .providers import Provider, create_provider, resolve
 from .streams import EventStream, StreamSupervisor
 from .streams.generation import Generations
 from .streams.log import Registry
+from .telemetry import Telemetry
 
 if TYPE_CHECKING:
     from .memory import MemoryStore
@@ -75,6 +76,12 @@ class Engine:
             if config.resume
             else None
         )
+        #: Metrics and stream log lines (engine.telemetry); the relay reports to it.
+        self.telemetry = Telemetry(config, self.supervisor, self.generations, self.registry)
+        if self.telemetry.active:
+            self.supervisor.observer = self.telemetry
+        #: True once the server began to drain (``/readyz`` answers 503).
+        self.draining = False
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Engine:
@@ -113,6 +120,7 @@ class Engine:
         provider = self._providers.get(canonical)
         if provider is None:
             provider = create_provider(canonical, self.config, session=self.session)
+            self.telemetry.watch(provider)
             self._providers[canonical] = provider
         return provider
 
@@ -133,6 +141,7 @@ class Engine:
         It then answers requests naming it, ahead of the built-in registry.
         """
         self._providers[name or provider.name] = provider
+        self.telemetry.watch(provider)
 
     # -- errors ----------------------------------------------------------------
 
@@ -253,6 +262,11 @@ class Engine:
         return self._store
 
     # -- lifetime --------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """False once the server drains or stops: ``/readyz`` then answers 503."""
+        return not (self.draining or self.supervisor.stopping)
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Let open streams finish for ``grace`` seconds, then end them with a shutdown error."""

@@ -437,6 +437,13 @@ async def start_server(
     Raises :class:`OSError` when the address cannot be bound (the app is
     cleaned up first).
     """
+    logs: dict[str, Any] = {}
+    if config.log_format == "json":
+        # One JSON line per request (engine.logs), whether or not --access-log was given.
+        from .logs import ACCESS_LOG, JSONAccessLogger
+
+        access_log = logging.getLogger(ACCESS_LOG)
+        logs["access_log_class"] = JSONAccessLogger
     runner = GatewayRunner(
         create_app(config),
         handle_signals=False,
@@ -449,6 +456,7 @@ async def start_server(
         header_timeout=config.header_timeout,
         max_connections_per_ip=config.max_connections_per_ip,
         shutdown_timeout=config.shutdown_grace + 5,
+        **logs,
     )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=BACKLOG)

@@ -78,7 +78,7 @@ class ScriptedProvider(Provider):
         options: Options | None = None,
     ) -> ChunkStream:
         self.requests.append((list(messages), options))
-        return ChunkStream(self._chunks(), model=model or self.default_model)
+        return ChunkStream(self._chunks(), model=model or self.default_model, provider=self.name)
 
     async def _chunks(self) -> AsyncGenerator[Chunk, None]:
         try:

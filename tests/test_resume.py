@@ -7,13 +7,11 @@ import json
 
 import pytest
 
-from engine import create_app
-from engine.app import ENGINE
 from engine.errors import UpstreamError
 from engine.sse import Decoder
 from engine.streams.log import Registry
 
-from .helpers import ScriptedProvider, make_config, read_until
+from .helpers import ScriptedProvider, read_until
 
 USER = [{"role": "user", "content": "hi"}]
 TOKENS = [f"t{i} " for i in range(10)]
@@ -27,19 +25,6 @@ def blocks(raw: bytes) -> list[bytes]:
 
 def ids(raw: bytes) -> list[str]:
     return [e.id for e in Decoder().feed(raw)]
-
-
-@pytest.fixture
-async def gateway(aiohttp_client):
-    async def make(provider=None, **config):
-        app = create_app(make_config(**config))
-        if provider is not None:
-            app[ENGINE].add_provider(provider, "mock")
-        client = await aiohttp_client(app)
-        client.engine = app[ENGINE]
-        return client
-
-    return make
 
 
 async def _finished_stream(client) -> tuple[str, bytes]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import admin, anthropic, chat, memory, openai, playground, streams
+from . import admin, anthropic, chat, memory, metrics, openai, playground, streams
 
 __all__ = ["ROUTES"]
 
@@ -17,4 +17,5 @@ ROUTES: tuple[web.RouteTableDef, ...] = (
     memory.routes,
     admin.routes,
     playground.routes,
+    metrics.routes,
 )

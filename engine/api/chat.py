@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable
 
@@ -147,8 +148,9 @@ def start_generation(
 ) -> Generation:
     """Register the request's generation, which takes over its share of the limits."""
     lease = request.pop(ADMISSION, None)
-    owner = principal(request).owner
-    return request.app[ENGINE].generations.start(stream_id, stream, lease, owner)
+    who = principal(request)
+    alias = who.key.alias if who.key is not None else None
+    return request.app[ENGINE].generations.start(stream_id, stream, lease, who.owner, alias)
 
 
 @routes.post("/v1/chat/stream", expect_handler=expect_handler)
@@ -264,9 +266,15 @@ async def send_reply(
     options: Options,
 ) -> Reply:
     """The whole reply, not streamed; stored with the request when memory is attached."""
+    engine = request.app[ENGINE]
+    started = time.monotonic()
     # The client may leave while the reply is computed: stop the upstream then too.
-    async with request.app[ENGINE].supervisor.watch(request):
+    async with engine.supervisor.watch(request):
         reply = await provider.send(messages, model=model, options=options)
+    name, slash, answered = reply.model.partition("/")
+    if not (slash and isinstance(provider, Fallback)):
+        name, answered = provider.name, reply.model  # (a fallback's reply names its target)
+    engine.telemetry.reply_ended(name, answered, time.monotonic() - started, reply.usage)
     admission = request.get(ADMISSION)
     if admission is not None:
         admission.release(reply.usage.total_tokens if reply.usage else estimate_tokens(messages))

@@ -97,6 +97,7 @@ async def resume(request: web.Request, stream_id: str | None) -> web.StreamRespo
     if log is not None and not _may_see(request, log.owner):
         log = None  # another key's stream: as if it did not exist
     if log is None:
+        engine.telemetry.resumed("404")
         why = "is unknown or expired" if registry is not None else "cannot be resumed (resume off)"
         raise StreamNotFound(f"the stream {_shown(stream_id)!r} {why}")
     after = -1 if seen is None else seen[1]
@@ -107,8 +108,14 @@ async def resume(request: web.Request, stream_id: str | None) -> web.StreamRespo
         )
     if log.final is not None and after >= log.final:
         # Nothing after the final event: 204 is what makes an EventSource stop.
+        engine.telemetry.resumed("204")
         return web.Response(status=204, headers={"Server": SERVER_HEADER})
-    _check_held(log, after)
+    try:
+        _check_held(log, after)
+    except ResumeGap:
+        engine.telemetry.resumed("410")
+        raise
+    engine.telemetry.resumed("replayed" if log.final is not None else "live")
     return await _follow(request, log, after)
 
 

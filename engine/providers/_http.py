@@ -31,7 +31,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
 
 import aiohttp
@@ -390,6 +390,10 @@ class Upstream:
         self._session = session
         self._own_session: aiohttp.ClientSession | None = None
         self.secrets: tuple[str, ...] = (settings.api_key,) if settings.api_key else ()
+        #: Told of every attempt (engine.telemetry): its status (``"error"`` when no
+        #: connection was made, ``"timeout"`` without an answer in time), seconds to
+        #: the answer, and whether it was a retry. Once per attempt, never per chunk.
+        self.observe: Callable[[str, float, bool], None] | None = None
         # sock_read stays off: the idle timeout is applied around each body read
         # instead, and the first-byte timeout around the wait for the status.
         self._timeout = aiohttp.ClientTimeout(
@@ -451,8 +455,10 @@ class Upstream:
         settings = self.settings
         all_headers = {"Content-Type": "application/json", **headers}
         attempt = 0
+        observe = self.observe
         while True:
             retry_after: float | None = None
+            sent = time.monotonic()
             with translate_errors(self.secrets, provider=self.provider):
                 try:
                     async with asyncio.timeout(settings.first_byte_timeout):
@@ -467,6 +473,8 @@ class Upstream:
                             allow_redirects=False,
                         )
                 except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+                    if observe is not None:
+                        observe("error", time.monotonic() - sent, attempt > 0)
                     # Nothing reached the upstream: always safe to try again.
                     if attempt >= settings.max_retries:
                         raise
@@ -474,12 +482,16 @@ class Upstream:
                         "%s: connect failed (%s), retrying", self.provider, type(exc).__name__
                     )
                 except TimeoutError as exc:
+                    if observe is not None:
+                        observe("timeout", time.monotonic() - sent, attempt > 0)
                     # Not retried: the upstream may be working on it (and billing it).
                     raise UpstreamTimeout(
                         f"{self.provider} did not answer within "
                         f"{settings.first_byte_timeout:g} s (first_byte_timeout)"
                     ) from exc
                 else:
+                    if observe is not None:
+                        observe(str(resp.status), time.monotonic() - sent, attempt > 0)
                     if resp.status == 200:
                         return resp
                     if 300 <= resp.status < 400:
@@ -648,6 +660,7 @@ class HTTPProvider(Provider):
             self._chunks(resp, self.parser(model)),
             model=model,
             on_close=functools.partial(close_response, resp),
+            provider=self.name,
         )
 
     async def _chunks(

@@ -44,7 +44,15 @@ class ChunkStream(AsyncIterator[Chunk]):
     request.
     """
 
-    __slots__ = ("_chunks", "_on_close", "_closed", "model", "prompt_estimate")
+    __slots__ = (
+        "_chunks",
+        "_on_close",
+        "_closed",
+        "model",
+        "prompt_estimate",
+        "provider",
+        "started",
+    )
 
     def __init__(
         self,
@@ -52,12 +60,17 @@ class ChunkStream(AsyncIterator[Chunk]):
         *,
         model: str,
         on_close: Callable[[], Awaitable[None] | None] | None = None,
+        provider: str = "",
     ) -> None:
         self._chunks = chunks
         self._on_close = on_close
         self._closed = False
         #: The model that answers, as far as is known before the first chunk.
         self.model = model
+        #: The name of the provider that answers (a fallback's: its target's), for metrics.
+        self.provider = provider
+        #: When its request was sent (``time.monotonic()``; set by ``open_upstream``, 0: unknown).
+        self.started = 0.0
         #: About how many tokens the request was (engine.wire.estimate_tokens), set
         #: by whoever opened it: the prompt side of an estimated usage.
         self.prompt_estimate = 0

@@ -584,12 +584,12 @@ class MockProvider(Provider):
         if options.tools is not None or options.response_format is not None:
             special = _special(messages, options, model, size, interval / 1000)
             if special is not None:
-                return ChunkStream(special, model=model)
+                return ChunkStream(special, model=model, provider=self.name)
         echo, period = _parts(messages, count * size)
         usage = _usage(messages, count)
         finish = "stop" if options.max_tokens is None else "length"
         chunks = self._chunks(echo, period, count, size, interval / 1000, model, usage, finish)
-        return ChunkStream(chunks, model=model)
+        return ChunkStream(chunks, model=model, provider=self.name)
 
     async def send(
         self,

@@ -41,7 +41,17 @@ _TRANSITIONS = {
 class Generation:
     """One relayed stream that can be stopped (see the module docstring)."""
 
-    __slots__ = ("_ended", "_task", "done", "lease", "owner", "state", "stream", "stream_id")
+    __slots__ = (
+        "_ended",
+        "_task",
+        "alias",
+        "done",
+        "lease",
+        "owner",
+        "state",
+        "stream",
+        "stream_id",
+    )
 
     def __init__(
         self,
@@ -50,11 +60,14 @@ class Generation:
         stream: EventStream | None = None,
         lease: Admission | None = None,
         owner: str | None = None,
+        alias: str | None = None,
     ) -> None:
         self.stream_id = stream_id
         self._task = task
         #: The client key that started it (``None``: no keys); only it (or the admin) may stop it.
         self.owner = owner
+        #: That key's alias, for the logs and metrics (never the key).
+        self.alias = alias
         #: Its key's share of the limits, given back when it ends (however it ends).
         self.lease = lease
         #: The connection it writes to first (a resumed reader may make it outlive it).
@@ -129,11 +142,12 @@ class Generations:
         stream: EventStream | None = None,
         lease: Admission | None = None,
         owner: str | None = None,
+        alias: str | None = None,
     ) -> Generation:
         """Register the current task as generating ``stream_id`` (first to ``stream``)."""
         task = asyncio.current_task()
         assert task is not None
-        generation = Generation(stream_id, task, stream, lease, owner)
+        generation = Generation(stream_id, task, stream, lease, owner, alias)
         self._live[stream_id] = generation
         return generation
 
@@ -146,6 +160,10 @@ class Generations:
 
     def get(self, stream_id: str) -> Generation | None:
         return self._live.get(stream_id)
+
+    def detached(self) -> int:
+        """How many live generations outlive their first client (read when metrics are scraped)."""
+        return sum(1 for g in self._live.values() if g.stream is not None and g.stream.detached)
 
     def abandon_all(self) -> list[asyncio.Task[Any]]:
         """Cancel every live generation (the engine is closing); their tasks, to await."""

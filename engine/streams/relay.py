@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -28,6 +29,7 @@ from ..errors import (
 )
 from ..wire import Chunk, EstimatedUsage, Usage, merge_tool_deltas
 from .coalesce import Coalescer
+from .stats import SAMPLE_EVERY, StreamEnd, StreamObserver, end_reason
 
 if TYPE_CHECKING:
     from ..providers import ChunkStream
@@ -104,6 +106,7 @@ async def open_upstream(
     task and a wait cost a stream 13 us, a timer 2 us, a supervisor entry well
     under one (benchmarks/NOTES.md).
     """
+    started = time.monotonic()  # the upstream request's start, for its stream's metrics
     watch = supervisor.opening(request, stream, deadline)
     try:
         chunks = await opening
@@ -127,6 +130,7 @@ async def open_upstream(
         raise
     finally:
         supervisor.unregister(watch)
+    chunks.started = started
     if watch.early is not None:
         try:
             await watch.early  # the headers are out (or could not be sent) before any write
@@ -203,6 +207,13 @@ async def relay(
     how = "interrupted"  # how the stream ended, for a late Stop
     stopped = False
     usage: Usage | None = None
+    # For the stream's end (engine.streams.stats): counted here, reported once.
+    observer = stream.observer
+    failure: EngineError | None = None
+    first = 0.0  # when the first chunk came
+    # Timed: the first chunk (TTFT), and with an observer one in SAMPLE_EVERY.
+    every = SAMPLE_EVERY if observer is not None else 1 << 62
+    keep = memory is not None or (observer is not None and observer.log_content)
     try:
         async with chunks:
             # Stored before the headers, so a store that is down is still a JSON
@@ -235,6 +246,11 @@ async def relay(
                                 raise
                             # account
                             n += 1
+                            if n % every == 1:
+                                now = time.monotonic()
+                                if observer is not None:
+                                    stream.probe(now)  # its write is timed too
+                                first = first or now
                             if chunk.finish_reason is not None:
                                 finish_reason = chunk.finish_reason
                             if chunk.usage is not None:
@@ -245,7 +261,7 @@ async def relay(
                                 continue
                             # send (now, or with the rest of its burst; the log with it)
                             wait = send(data)
-                            if memory is not None:
+                            if keep:
                                 reply.keep(chunk.content)
                                 if chunk.tool_calls:
                                     merge_tool_deltas(reply.calls, chunk.tool_calls)
@@ -278,6 +294,7 @@ async def relay(
                     await stream.finish(last)
                     how = "stopped" if stopped else "done"
                 except EngineError as exc:
+                    failure = exc
                     how = "interrupted" if isinstance(exc, ShuttingDown) else "failed"
                     if log is None:
                         raise  # the stream sends it, in its dialect's error frame
@@ -292,6 +309,22 @@ async def relay(
             if usage is None:
                 usage = _estimate(chunks, n)
             generations.finish(generation, how, usage.total_tokens)
+        if observer is not None:
+            if usage is None:
+                usage = _estimate(chunks, n)
+            _report(
+                observer,
+                stream,
+                chunks,
+                stream_id,
+                generation,
+                reply,
+                failure,
+                how,
+                n,
+                first,
+                usage,
+            )
         if log is not None and not log.ended:
             # Cancelled (or failed in a way the stream reports as internal).
             if stream.interrupted == "shutdown":
@@ -305,6 +338,48 @@ async def relay(
         if memory is not None and reply.seen:
             await _store_partial(memory, reply, stream, stream_id, _estimate(chunks, n))
     return stream.response or web.Response(status=499)
+
+
+def _report(
+    observer: StreamObserver,
+    stream: EventStream,
+    chunks: ChunkStream,
+    stream_id: str,
+    generation: Generation | None,
+    reply: _Reply,
+    failure: EngineError | None,
+    how: str,
+    n: int,
+    first: float,
+    usage: Usage,
+) -> None:
+    """Tell ``observer`` how the stream ended (once, from the relay's ``finally``)."""
+    ended = time.monotonic()
+    try:
+        provider = chunks.provider or "unknown"
+        model = chunks.model.removeprefix(f"{provider}/")  # (a fallback's target)
+        response = stream.response
+        end = StreamEnd(
+            stream_id=stream_id,
+            provider=provider,
+            model=model,
+            reason=end_reason(how, failure, stream),
+            status=response.status if response is not None else None,
+            started=chunks.started or ended,
+            first_chunk=first,
+            ended=ended,
+            chunks=n,
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            estimated=isinstance(usage, EstimatedUsage),
+            bytes=stream.bytes_sent,
+            delays=stream.delays,
+            alias=generation.alias if generation is not None else None,
+            content=reply.text_shown(stream.queued) if observer.log_content else None,
+        )
+        observer.stream_ended(end)
+    except Exception:  # metrics must never break a stream's end
+        log.exception("could not report the end of stream %s", stream_id)
 
 
 def _stop_requested(generation: Generation | None) -> bool:

@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
@@ -36,9 +37,11 @@ from aiohttp.http_writer import StreamWriter
 
 from ..errors import ClientDisconnectedError, EngineError, ShuttingDown
 from ..sse import encode, encode_comment, encode_json, encode_retry
+from .stats import MAX_SAMPLES
 
 if TYPE_CHECKING:
     from .log import StreamLog
+    from .stats import StreamObserver
     from .supervisor import StreamSupervisor
 
 __all__ = ["DEFAULT_SEND_TIMEOUT", "EXTRA_HEADERS", "SSE_HEADERS", "EventStream"]
@@ -131,6 +134,7 @@ class EventStream:
         "_closed",
         "_queued",
         "_chunked",
+        "_delays",
         "_end_frame",
         "_ended",
         "_error_frame",
@@ -143,10 +147,12 @@ class EventStream:
         "_on_detach",
         "_loop",
         "_owner",
+        "_probe",
         "_request",
         "_response",
         "_retry_ms",
         "_scrub",
+        "_slow",
         "_supervisor",
         "_transport",
         "_writer",
@@ -192,6 +198,11 @@ class EventStream:
         self._ended = False
         self._interrupted: str | None = None  # why the supervisor cancelled the owner
         self._last_write = 0.0
+        # Metrics (engine.streams.stats): a sampled chunk's read time, until its write;
+        # the delays timed so far; whether the client was dropped for reading nothing.
+        self._probe = 0.0
+        self._delays: list[float] | None = None
+        self._slow = False
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -307,6 +318,41 @@ class EventStream:
         """Why the supervisor cancelled the stream's task: ``disconnect``, ``shutdown`` or None."""
         return self._interrupted
 
+    # -- metrics (engine.streams.stats) ------------------------------------------
+
+    @property
+    def observer(self) -> StreamObserver | None:
+        """Who hears of the stream's end: the supervisor's (the engine's telemetry)."""
+        return self._supervisor.observer if self._supervisor is not None else None
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes written on the response so far, headers and HTTP framing included."""
+        return self._writer.output_size if self._writer is not None else 0
+
+    @property
+    def dropped_slow(self) -> bool:
+        """True if the client was dropped for reading nothing for ``send_timeout``."""
+        return self._slow
+
+    def probe(self, since: float) -> None:
+        """Time the next write from ``since`` (a sampled chunk's read, ``time.monotonic()``)."""
+        delays = self._delays
+        if delays is None:
+            delays = self._delays = []
+        if not self._probe and len(delays) < MAX_SAMPLES:
+            self._probe = since
+
+    def _probed(self) -> None:
+        assert self._delays is not None
+        self._delays.append(time.monotonic() - self._probe)
+        self._probe = 0.0
+
+    @property
+    def delays(self) -> list[float]:
+        """The sampled delays from a chunk's read to its write, seconds."""
+        return self._delays or []
+
     async def _final_error(self, exc: EngineError) -> None:
         if self._scrub is not None:
             exc = self._scrub(exc)
@@ -365,6 +411,8 @@ class EventStream:
         assert self._writer is not None and self._loop is not None
         self._writer.output_size += len(data)  # counted as aiohttp counts its own writes
         transport.write(data)
+        if self._probe:
+            self._probed()
         self._last_write = self._loop.time()
         return transport.get_write_buffer_size() > self._high_water
 
@@ -380,6 +428,8 @@ class EventStream:
             # drain=False: aiohttp would otherwise wait for a drain on its own,
             # with no time limit; the caller's wait (_drain) is the bounded one.
             await writer.write(frame, drain=False)
+            if self._probe:
+                self._probed()
         except ConnectionResetError as exc:
             if self._on_detach is not None:
                 self._detach()
@@ -397,6 +447,8 @@ class EventStream:
         writer = self._writer
         transport = self._transport
         assert writer is not None and transport is not None
+        if self._supervisor is not None:
+            self._supervisor.waits += 1
         self._busy = True  # no heartbeat in the middle of this
         try:
             async with asyncio.timeout(self.send_timeout):
@@ -407,6 +459,7 @@ class EventStream:
                 self._detach()
                 return
             self._closed = True
+            self._slow = True
             raise ClientDisconnectedError(
                 f"the client read nothing for {self.send_timeout:g} s; connection dropped"
             ) from None
@@ -590,6 +643,7 @@ class EventStream:
         if transport is None or transport.is_closing() or self._request.transport is None:
             self._interrupt("disconnect")
         elif self._last_write <= due and not self._busy and not self._closed:
+            supervisor.heartbeats += 1
             if not self._chunked:  # the first write, or a body aiohttp must frame
                 self._last_write = due + supervisor.heartbeat  # no second heartbeat in flight
                 supervisor._spawn(self._heartbeat())

@@ -31,6 +31,7 @@ from ..errors import ClientDisconnectedError, ShuttingDown
 
 if TYPE_CHECKING:
     from .response import EventStream
+    from .stats import StreamObserver
 
 __all__ = ["DEFAULT_HEARTBEAT", "Opening", "StreamSupervisor"]
 
@@ -134,9 +135,19 @@ class StreamSupervisor:
         self._stopping = False
         # Heartbeat writes run as tasks; keep them referenced until they finish.
         self._pending: set[asyncio.Task[None]] = set()
+        #: Who hears of each relayed stream's end (engine.telemetry; None: nobody).
+        self.observer: StreamObserver | None = None
+        #: Counted in place, read when metrics are scraped: heartbeats written,
+        #: and writes that waited for a slow reader (back-pressure).
+        self.heartbeats = 0
+        self.waits = 0
 
     def __len__(self) -> int:
         return len(self._streams)
+
+    def open_streams(self) -> int:
+        """Responses streaming now (not the plain requests and openings it also watches)."""
+        return sum(1 for stream in self._streams if not isinstance(stream, _Watch))
 
     @property
     def stopping(self) -> bool:
