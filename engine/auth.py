@@ -214,13 +214,11 @@ class Gatekeeper:
                 return None
         return await self.limiter.admit(key.id, key, reserve)
 
-    def usage(self, key: ClientKey) -> dict[str, Any]:
-        """``GET /v1/key``: the key's limits and what is left of them."""
+    async def usage(self, key: ClientKey) -> dict[str, Any]:
+        """``GET /v1/key``: the key's limits and what is left (of all gateways', with Redis)."""
         policy = msgspec.to_builtins(key.policy())
         view: dict[str, Any] = {"id": key.id, "alias": key.alias, "limits": policy}
-        if self.limiter is not self._local:
-            return view  # (the counters are in Redis; the rate-limit headers show them)
-        used = self._local.usage(key.id, key)
+        used = await self.limiter.usage(key.id, key)
         left = {}
         for limit, count in (
             ("rpm", "requests_in_window"),

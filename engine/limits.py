@@ -140,6 +140,10 @@ class Limiter(Protocol):
         """Take ``reserve`` tokens and one request and one stream, or raise 429."""
         ...
 
+    async def usage(self, key_id: str, policy: KeyPolicy) -> dict[str, int | None]:
+        """What a key has used of its limits now (``GET /v1/key``)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -352,8 +356,11 @@ class LocalLimiter:
         if self._spent is not None and used:
             self._spent(key_id, counters.budget_start, used)
 
-    def usage(self, key_id: str, policy: KeyPolicy) -> dict[str, int | float | None]:
-        """What a key has used and has left (``GET /v1/key``)."""
+    async def usage(self, key_id: str, policy: KeyPolicy) -> dict[str, int | None]:
+        return self.usage_now(key_id, policy)
+
+    def usage_now(self, key_id: str, policy: KeyPolicy) -> dict[str, int | None]:
+        """What a key has used of its limits now (``GET /v1/key``)."""
         counters = self._keys.get(key_id) or _Counters()
         now = self._clock()
         counters.requests.expire(now)

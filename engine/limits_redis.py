@@ -284,6 +284,46 @@ return start
 """
 )
 
+# ARGV: now, budget period ('' without a budget), seed period start, seed
+# tokens. Reads only (what lapsed is left for the next admission to drop):
+# returns {requests in the window, tokens used in it plus the live leases'
+# reservations, live leases, budget used and held ('' without a budget)}, as
+# LocalLimiter.usage_now counts them.
+_USAGE: Final = (
+    _PRELUDE
+    + r"""
+local now = clock(ARGV[1])
+local requests = redis.call('ZCOUNT', KEYS[1], '(' .. fmt(now - WINDOW), '+inf')
+local tokens = 0
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. fmt(now - WINDOW), '+inf')) do
+  tokens = tokens + amount(member)
+end
+local ends = redis.call('HGET', KEYS[6], 'end')
+local current = ends and now < tonumber(ends)
+local held, budget_held, streams = 0, 0, 0
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. fmt(now), '+inf')) do
+  local data = redis.call('HGET', KEYS[4], id)
+  if data then
+    local reserve, until_ = string.match(data, '^(-?%d+)|(.*)$')
+    streams = streams + 1
+    held = held + tonumber(reserve)
+    if current and until_ == ends then budget_held = budget_held + tonumber(reserve) end
+  end
+end
+local budget = ''
+if ARGV[2] ~= '' then
+  if current then
+    budget = tonumber(redis.call('HGET', KEYS[6], 'spent') or '0') + budget_held
+  else
+    local start = bounds(ARGV[2], now)
+    budget = 0
+    if ARGV[3] ~= '' and tonumber(ARGV[3]) == start then budget = tonumber(ARGV[4]) end
+  end
+end
+return {requests, tokens + held, streams, budget}
+"""
+)
+
 # ARGV: now, lease seconds, ttl ms, then lease ids. Extends the leases still
 # held (one given back meanwhile is not brought back); returns how many.
 _RENEW: Final = (
@@ -343,6 +383,7 @@ class RedisLimiter:
         self._admit = client.register_script(_ADMIT)
         self._release = client.register_script(_RELEASE)
         self._renew = client.register_script(_RENEW)
+        self._usage = client.register_script(_USAGE)
         #: This process's running generations: lease id -> key id.
         self._live: dict[str, str] = {}
         self._releases: set[asyncio.Task[None]] = set()
@@ -445,6 +486,19 @@ class RedisLimiter:
             return
         if budget and used and self._spent is not None:
             self._spent(key_id, float(start), used)
+
+    async def usage(self, key_id: str, policy: KeyPolicy) -> dict[str, int | None]:
+        """What ``key_id`` has used of its limits now, across every gateway (``GET /v1/key``)."""
+        budget = policy.budget_tokens is not None
+        args = [self._now(), policy.budget_period if budget else "", *self._seed(key_id, policy)]
+        with translate_errors(ERRORS, "read a key's usage of its limits", self._url):
+            reply = await self._usage(keys=self.keys(key_id), args=args)
+        return {
+            "requests_in_window": int(reply[0]),
+            "tokens_in_window": int(reply[1]),
+            "streams": int(reply[2]),
+            "budget_used": int(reply[3]) if budget else None,
+        }
 
     async def renew(self) -> int:
         """Extend the leases of this process's running generations; how many were still held.

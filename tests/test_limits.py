@@ -422,23 +422,22 @@ def test_period_bounds(period, now, start, end):
     assert period_bounds(period, at(now)) == (at(start), at(end))
 
 
-async def test_local_usage_reports_the_window_and_the_budget(clock):
-    limiter = LocalLimiter(clock=clock, wall=clock)
+async def test_usage_reports_the_window_and_the_budget(limiter, clock):
     policy = KeyPolicy(rpm=10, tpm=100, budget_tokens=1000)
-    running = limiter.admit_now("key_a", policy, 40)
-    limiter.admit_now("key_a", policy, 5).release(5)
-    assert limiter.usage("key_a", policy) == {
+    running = await limiter.admit("key_a", policy, 40)
+    await release(limiter, await limiter.admit("key_a", policy, 5), 5)
+    assert await limiter.usage("key_a", policy) == {
         "requests_in_window": 2,
         "tokens_in_window": 45,  # 5 used + 40 held
         "streams": 1,
         "budget_used": 45,
     }
-    running.release(20)
+    await release(limiter, running, 20)
     clock.advance(WINDOW)
-    assert limiter.usage("key_a", policy) == {
+    assert await limiter.usage("key_a", policy) == {
         "requests_in_window": 0,
         "tokens_in_window": 0,
         "streams": 0,
         "budget_used": 25,
     }
-    assert limiter.usage("key_never", KeyPolicy())["budget_used"] is None
+    assert (await limiter.usage("key_never", KeyPolicy()))["budget_used"] is None

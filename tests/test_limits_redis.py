@@ -385,5 +385,11 @@ async def test_two_gateways_with_limits_url_share_one_keys_limits(aiohttp_client
         refusal = next(headers for status, headers in results if status == 429)
         assert 58 <= int(refusal["Retry-After"]) <= 60
         assert refusal["x-ratelimit-remaining-requests"] == "0"
+        # Each gateway's GET /v1/key counts both gateways' requests.
+        for client in clients:
+            async with client.get("/v1/key", headers={"Authorization": f"Bearer {key}"}) as r:
+                view = await r.json()
+            assert view["used"]["requests_in_window"] == 30
+            assert view["remaining"] == {"rpm": 0, "max_streams": 50}
     finally:
         await remove_prefix(url, f"sse-engine:limits:{{cfg_{alias}}}")

@@ -122,7 +122,7 @@ async def own_key(request: web.Request) -> web.Response:
     key = principal(request).key
     if key is None:
         raise Forbidden("no client key: this request was made with the admin key or none")
-    return json_response(request.app[ENGINE].gate.usage(key))
+    return json_response(await request.app[ENGINE].gate.usage(key))
 
 
 @routes.post("/v1/tokens", expect_handler=expect_handler)
