@@ -7,7 +7,9 @@ middleware turns into the response: errors are mapped once, in the shape the
 route's clients parse.
 
 * :mod:`.native`: ``/v1/chat/stream`` and the other native routes;
-* :mod:`.openai_chat`: OpenAI Chat Completions.
+* :mod:`.openai_chat`: OpenAI Chat Completions;
+* :mod:`.anthropic_messages`: Anthropic's Messages API (``/v1/messages``);
+* :mod:`.openai_responses`: OpenAI's Responses API (``/v1/responses``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-__all__ = ["ErrorAnswer", "retry_after_seconds"]
+__all__ = ["ErrorAnswer", "retry_after_seconds", "retry_headers"]
 
 
 class ErrorAnswer(NamedTuple):
@@ -29,3 +31,14 @@ class ErrorAnswer(NamedTuple):
 def retry_after_seconds(retry_after: float) -> str:
     """``Retry-After`` is whole seconds (RFC 9110 10.2.3): rounded up, never 0."""
     return str(max(1, math.ceil(retry_after)))
+
+
+def retry_headers(retry_after: float | None) -> dict[str, str] | None:
+    """``Retry-After`` and ``retry-after-ms``: the OpenAI and Anthropic SDKs read the
+    second first, which keeps the precision (a rate limit's reset is not whole seconds)."""
+    if retry_after is None:
+        return None
+    return {
+        "Retry-After": retry_after_seconds(retry_after),
+        "retry-after-ms": str(max(1, math.ceil(retry_after * 1000))),
+    }

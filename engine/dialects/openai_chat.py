@@ -23,7 +23,6 @@ Only platform bookkeeping that cannot change the answer is accepted unsent
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Annotated, Any, Literal
 
@@ -33,7 +32,7 @@ from msgspec import Meta, Struct
 from ..errors import EngineError, InvalidFields, UnsupportedField
 from ..sse import encode, encode_json
 from ..wire import Chunk, Message, Options, Part, Role, ToolCall, Usage
-from . import ErrorAnswer, retry_after_seconds
+from . import ErrorAnswer, retry_headers
 
 __all__ = [
     "DONE",
@@ -255,14 +254,7 @@ def openai_error(exc: EngineError) -> tuple[int, ErrorBody]:
 def error_answer(exc: EngineError) -> ErrorAnswer:
     """The error response before the headers: OpenAI's status, body and retry headers."""
     status, body = openai_error(exc)
-    headers = None
-    if exc.retry_after is not None:
-        # The SDKs also read OpenAI's retry-after-ms, which keeps the precision.
-        headers = {
-            "Retry-After": retry_after_seconds(exc.retry_after),
-            "retry-after-ms": str(max(1, math.ceil(exc.retry_after * 1000))),
-        }
-    return ErrorAnswer(status, _encoder.encode(body), headers)
+    return ErrorAnswer(status, _encoder.encode(body), retry_headers(exc.retry_after))
 
 
 def error_frame(exc: EngineError) -> bytes:

@@ -11,14 +11,12 @@ request field, with its path, as msgspec words its errors.
 
 from __future__ import annotations
 
-import math
-
 import msgspec
 from msgspec import Struct
 
 from ...errors import EngineError, UnsupportedField, UpstreamUnavailable
 from ...sse import encode_json
-from .. import ErrorAnswer, retry_after_seconds
+from .. import ErrorAnswer, retry_headers
 
 __all__ = ["ErrorBody", "ErrorDetail", "anthropic_error", "error_answer", "error_frame", "refuse"]
 
@@ -74,14 +72,7 @@ def anthropic_error(exc: EngineError) -> tuple[int, ErrorBody]:
 def error_answer(exc: EngineError) -> ErrorAnswer:
     """The error response before the headers: Anthropic's status, body and retry headers."""
     status, body = anthropic_error(exc)
-    headers = None
-    if exc.retry_after is not None:
-        # The SDK also reads retry-after-ms, which keeps the precision.
-        headers = {
-            "Retry-After": retry_after_seconds(exc.retry_after),
-            "retry-after-ms": str(max(1, math.ceil(exc.retry_after * 1000))),
-        }
-    return ErrorAnswer(status, _encoder.encode(body), headers)
+    return ErrorAnswer(status, _encoder.encode(body), retry_headers(exc.retry_after))
 
 
 def error_frame(exc: EngineError) -> bytes:
