@@ -6,6 +6,9 @@ Routes (engine.api: one ``RouteTableDef`` per subject)::
     GET  /v1/chat/stream     ?q=&provider=&model=&parent=&parent_id=&<options>  (EventSource)
     POST /v1/chat            JSON ChatRequest  -> JSON Reply
     POST /v1/chat/completions, GET /v1/models   OpenAI's shapes
+    POST /v1/responses, GET|DELETE /v1/responses/{id}, .../cancel, .../input_items
+                                             OpenAI's Responses API (engine.api.responses)
+    POST /v1/messages, .../count_tokens      Anthropic's Messages API
     GET  /v1/memory/{parent}/{id}            -> the conversation's messages
     POST /v1/memory/{parent}/{id}/messages   -> add one message
     DELETE /v1/memory/{parent}/{id}          -> clear

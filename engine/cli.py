@@ -3,7 +3,8 @@
 ``sse-engine serve`` runs the gateway until SIGINT or SIGTERM, then shuts down
 gracefully: the listening socket closes at once (new requests are refused), open
 streams get ``--shutdown-grace`` seconds to finish, the rest receive a final
-``error`` event of type ``shutdown``, and the process exits 0.
+``error`` event of type ``shutdown``, and the process exits 0. With ``--workers N``
+it is the parent of N such processes on one port instead (engine.workers).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .config import Config
 from .errors import EngineError
 from .gateway import ENGINE
 from .server import start_server
+from .workers import WORKER_FLAG, WorkerSlot, count_workers
 
 __all__ = ["main"]
 
@@ -32,6 +34,19 @@ def _host_list(value: str) -> list[str]:
     if not hosts:
         raise argparse.ArgumentTypeError("expected host names separated by commas, or '*'")
     return hosts
+
+
+def _workers(value: str) -> int | str:
+    """``--workers 4`` or ``--workers auto`` (one per usable CPU)."""
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError("expected a number of workers (1 or more) or 'auto'")
+    return count
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -87,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-detach", type=float, help="most a request may ask for with options.detach (300)"
     )
+    serve.add_argument(
+        "--stream-log",
+        metavar="URL",
+        help="keep stream logs in Redis (redis://host:port/db): resume and Stop on any box",
+    )
     serve.add_argument("--memory", dest="memory_url", help="memory store URL (sqlite:///path, ...)")
     serve.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], help="default info"
@@ -132,6 +152,15 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="connections at once from one address (0: no cap)",
     )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        metavar="N",
+        help="worker processes on the one port, or 'auto': one per usable CPU (default 1)",
+    )
+    # A worker of `serve --workers N` (engine.workers): its slot, the parent's
+    # runtime folder and socket. Set by the parent only, so not in --help.
+    serve.add_argument(WORKER_FLAG, dest="worker", type=WorkerSlot.parse, help=argparse.SUPPRESS)
     keys = commands.add_parser("keys", help="client keys for the config file")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     keys_commands.add_parser("new", help="print a new client key and the config lines for it")
@@ -179,23 +208,38 @@ def _use_uvloop() -> str:
     return "uvloop"
 
 
-async def serve(config: Config, *, access_log: bool = False, loop_name: str = "asyncio") -> None:
-    """Run the gateway until SIGINT/SIGTERM, then shut down gracefully."""
+async def serve(
+    config: Config,
+    *,
+    access_log: bool = False,
+    loop_name: str = "asyncio",
+    worker: WorkerSlot | None = None,
+) -> None:
+    """Run the gateway until SIGINT/SIGTERM, then shut down gracefully.
+
+    ``worker``: this process is one of ``serve --workers N`` (engine.workers).
+    """
     # engine.server: aiohttp's server with a request-head timeout, the
     # keep-alive timeout, and quiet JSON answers to malformed requests.
-    runner = await start_server(config, access_log=log if access_log else None)
+    runner = await start_server(config, access_log=log if access_log else None, worker=worker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     host, port = runner.addresses[0][:2]  # the real port when --port 0
     url = f"http://{host}:{port}"
-    print(f"sse-engine {__version__} on {url} (provider {config.provider}, {loop_name} loop)")
-    print(
-        f"try: curl -N -X POST {url}/v1/chat/stream -H 'content-type: application/json' "
-        """-d '{"messages":[{"role":"user","content":"hi"}]}'""",
-        flush=True,
-    )
+    if worker is not None:
+        # The parent prints the address once for all, and a worker whose
+        # parent is gone (even killed) drains and exits like on SIGTERM.
+        await worker.announce(url, loop_name)
+        parent = loop.create_task(worker.parent_gone(stop.set))
+    else:
+        print(f"sse-engine {__version__} on {url} (provider {config.provider}, {loop_name} loop)")
+        print(
+            f"try: curl -N -X POST {url}/v1/chat/stream -H 'content-type: application/json' "
+            """-d '{"messages":[{"role":"user","content":"hi"}]}'""",
+            flush=True,
+        )
     try:
         await stop.wait()
         # Not ready from now on: a load balancer that reads /readyz stops sending
@@ -208,6 +252,9 @@ async def serve(config: Config, *, access_log: bool = False, loop_name: str = "a
         log.info("shutting down")
         # Stops listening, runs on_shutdown (the grace period), then closes.
         await runner.cleanup()
+        if worker is not None:
+            parent.cancel()
+            worker.leave()
 
 
 def _load_config(args: argparse.Namespace) -> Config:
@@ -232,6 +279,7 @@ def _load_config(args: argparse.Namespace) -> Config:
         detach=args.detach,
         max_detach=args.max_detach,
         memory_url=args.memory_url,
+        stream_log=args.stream_log,
         log_level=args.log_level,
         allow_anonymous=args.allow_anonymous,
         cors_origins=args.cors_origins,
@@ -241,7 +289,21 @@ def _load_config(args: argparse.Namespace) -> Config:
         log_content=args.log_content,
         metrics=None if args.metrics is None else args.metrics == "on",
         drain_delay=args.drain_delay,
+        workers=args.workers,
     )
+
+
+def _check_stream_log(config: Config) -> None:
+    """A Redis stream log needs resume on, the ``redis`` extra and a Redis URL."""
+    from .errors import InvalidFields
+    from .memory import _driver
+
+    if not config.resume:
+        raise InvalidFields("stream_log keeps streams for resume: it needs resume on")
+    assert config.stream_log is not None
+    with _driver("redis", "redis", "redis"):
+        from .streams.redis_log import check_url
+    check_url(config.stream_log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .providers import resolve
 
         resolve(config.provider)
+        if config.stream_log:
+            _check_stream_log(config)
     except EngineError as exc:
         print(f"sse-engine: {exc.message}", file=sys.stderr)
         return 2
@@ -260,12 +324,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if refusal is not None:
         print(f"sse-engine: {refusal}", file=sys.stderr)
         return 2
+    workers = count_workers(config.workers)
+    if workers > 1 and args.worker is None:
+        # The parent: no app of its own, only the worker processes.
+        from . import workers as parent
+
+        return parent.run(config, list(sys.argv[1:] if argv is None else argv), workers)
     from .logs import configure
 
     configure(config.log_level, config.log_format)
     loop_name = _use_uvloop()
     try:
-        asyncio.run(serve(config, access_log=args.access_log, loop_name=loop_name))
+        asyncio.run(
+            serve(config, access_log=args.access_log, loop_name=loop_name, worker=args.worker)
+        )
     except OSError as exc:
         print(f"sse-engine: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1

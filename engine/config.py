@@ -70,8 +70,10 @@ _ENGINE_ENV: dict[str, str] = {
     "admin_key": "SSE_ENGINE_ADMIN_KEY",
     "token_secret": "SSE_ENGINE_TOKEN_SECRET",
     "limits_url": "SSE_ENGINE_LIMITS_URL",
+    "stream_log": "SSE_ENGINE_STREAM_LOG",
     "log_format": "ENGINE_LOG_FORMAT",
     "metrics_key": "SSE_ENGINE_METRICS_KEY",
+    "workers": "ENGINE_WORKERS",
 }
 
 Seconds = Annotated[float, Meta(gt=0)]
@@ -210,6 +212,13 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     #: Where per-key counters live: ``redis://...`` shares them across workers and
     #: boxes; unset, each process counts for itself.
     limits_url: str | None = None
+    #: Where native streams' logs live for resume: ``redis://host:port/db`` keeps them
+    #: in Redis Streams, so a resume or a Stop works on any worker of any box
+    #: (engine.streams.redis_log); unset, each process keeps its own in memory.
+    stream_log: str | None = None
+    #: Entries of one stream kept in the Redis stream log (``XADD MAXLEN ~``); a
+    #: resume from before the earliest kept is refused (410 ``resume_gap``).
+    stream_log_maxlen: Annotated[int, Meta(ge=100)] = 20_000
     #: Seconds between re-reads of the stored keys (changes made elsewhere show within it).
     key_refresh: Seconds = 5.0
     #: Count for ``GET /metrics`` (needs the ``metrics`` extra, prometheus_client).
@@ -224,6 +233,9 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     #: Seconds between SIGTERM and closing the listener, ``/readyz`` answering 503
     #: meanwhile, so a load balancer stops sending new streams first (``serve``).
     drain_delay: Annotated[float, Meta(ge=0)] = 0.0
+    #: Worker processes ``serve`` runs on the one port (SO_REUSEPORT), or ``"auto"``:
+    #: one per CPU this process may use (engine.workers).
+    workers: Annotated[int, Meta(ge=1, le=256)] | Literal["auto"] = 1
 
     def __repr__(self) -> str:
         # The admin key and the token secret stay out of reprs, tracebacks and logs.

@@ -29,6 +29,8 @@ Tree::
     ├── MetricsUnavailable           503 metrics_unavailable (no prometheus_client)
     ├── ProviderNotConfigured        503 provider_not_configured
     ├── StoreUnavailable             503 store_unavailable
+    ├── StreamLogUnavailable         503 stream_log_unavailable (Redis stream log: a resume)
+    ├── ProducerLost                 502 producer_lost       (only ever an event)
     ├── ShuttingDown                 503 shutdown
     ├── SSEProtocolError             502 sse_protocol_error
     └── UpstreamError                502 upstream_error
@@ -61,12 +63,14 @@ __all__ = [
     "MetricsUnavailable",
     "Overloaded",
     "PayloadTooLarge",
+    "ProducerLost",
     "ProviderNotConfigured",
     "QuotaExceeded",
     "RateLimited",
     "RequestTimeout",
     "ResumeGap",
     "StreamInterrupted",
+    "StreamLogUnavailable",
     "StreamNotFound",
     "SSEProtocolError",
     "ShuttingDown",
@@ -273,6 +277,24 @@ class StoreUnavailable(EngineError):
 
     status = 503
     type = "store_unavailable"
+
+
+class StreamLogUnavailable(EngineError):
+    """Raised when a resume needs the Redis stream log and cannot use it: Redis is
+    unreachable, or it lost events of this stream (they were not logged while it
+    was away). ``retry_after`` says when to try again (the producing box may
+    answer it from its own memory meanwhile)."""
+
+    status = 503
+    type = "stream_log_unavailable"
+
+
+class ProducerLost(EngineError):
+    """Sent (an ``error`` event) to readers of a stream whose producing worker
+    died: its lease in the Redis stream log lapsed before the stream ended."""
+
+    status = 502
+    type = "producer_lost"
 
 
 class ShuttingDown(EngineError):

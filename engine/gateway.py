@@ -25,6 +25,7 @@ from aiohttp import web
 
 from .auth import Gatekeeper
 from .config import Config
+from .dialects.openai_responses.run import LiveResponses
 from .errors import EngineError, StoreUnavailable, UnknownProvider
 from .providers import Provider, create_provider, resolve
 from .streams import EventStream, StreamSupervisor
@@ -34,6 +35,7 @@ from .telemetry import Telemetry
 
 if TYPE_CHECKING:
     from .memory import MemoryStore
+    from .siblings import Siblings
 
 __all__ = ["ENGINE", "Engine"]
 
@@ -62,6 +64,8 @@ class Engine:
         config = self.config
         #: Live generations by stream id, for Stop.
         self.generations = Generations()
+        #: ``/v1/responses`` responses still being generated, by id (engine.api.responses).
+        self.responses = LiveResponses()
         #: Client keys, tokens and limits (engine.auth).
         self.gate = Gatekeeper(config)
         # Tasks the engine owns (detached generations and their watches).
@@ -73,15 +77,33 @@ class Engine:
                 total_bytes=config.resume_total_bytes,
                 ttl=config.resume_ttl,
             )
-            if config.resume
+            if config.resume and not config.stream_log
             else None
         )
+        if config.resume and config.stream_log:
+            from .streams.redis_log import RedisRegistry
+
+            self.registry = RedisRegistry(
+                config.stream_log,
+                max_bytes=config.resume_max_bytes,
+                total_bytes=config.resume_total_bytes,
+                ttl=config.resume_ttl,
+                maxlen=config.stream_log_maxlen,
+                generations=self.generations,
+                spawn=self.spawn,
+            )
         #: Metrics and stream log lines (engine.telemetry); the relay reports to it.
         self.telemetry = Telemetry(config, self.supervisor, self.generations, self.registry)
         if self.telemetry.active:
             self.supervisor.observer = self.telemetry
         #: True once the server began to drain (``/readyz`` answers 503).
         self.draining = False
+        #: The other workers of ``serve --workers N`` (engine.siblings); None alone.
+        self.siblings: Siblings | None = None
+        #: Appended to every stream id made here: ``-w<slot>`` in a worker of
+        #: ``serve --workers N``, so that any worker knows which one holds the
+        #: stream (engine.siblings); empty otherwise.
+        self.stream_tag = ""
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Engine:

@@ -22,6 +22,7 @@ one: two apps in one process (tests, ``add_subapp``) each count their own.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +48,7 @@ MAX_MODELS = 100
 OTHER = "other"
 
 #: How ``GET /v1/streams/{id}`` (and a reconnect with Last-Event-ID) was answered.
-RESUME_OUTCOMES = ("replayed", "live", "204", "404", "410")
+RESUME_OUTCOMES = ("replayed", "live", "204", "404", "410", "503")
 
 # Buckets: OpenTelemetry's advisory boundaries, extended where a gateway's
 # streams go further (a stream lasts minutes; reasoning models think for minutes
@@ -118,6 +119,13 @@ class _Live:
             "Generations going on after their client left (options.detach, a resumed reader).",
             generations.detached,
         )
+        yield gauge(
+            "sse_engine_asyncio_tasks",
+            "asyncio tasks alive in the event loop now (streams, generations, the server's own): "
+            "flat under a steady load, or something is left behind (benchmarks/soak.py).",
+            # Counted at scrape time (one pass over the loop's task set), nothing in between.
+            lambda: len(asyncio.all_tasks()),
+        )
         yield counter(
             "sse_engine_heartbeats",
             "Keep-alive comments written to idle streams.",
@@ -138,6 +146,12 @@ class _Live:
                 "sse_engine_resume_log_bytes",
                 "Bytes of events kept for resume, all streams together.",
                 lambda: registry.size,
+            )
+            yield counter(
+                "sse_engine_stream_log_unlogged",
+                "Streams that stopped being kept in the Redis stream log (it was slow or "
+                "down): resumable only on their own worker.",
+                lambda: registry.unlogged,
             )
 
 
@@ -231,7 +245,12 @@ class Metrics:
             buckets=TTFT_BUCKETS,
             registry=reg,
         )
-        reg.register(_Live(supervisor, generations, registry))
+        # The values read from the engine's registries: in a registry of their own,
+        # rendered on the event loop (those registries are not thread-safe), while
+        # the labelled series render in a thread (render_async).
+        self._live = CollectorRegistry(auto_describe=True)
+        self._live.register(_Live(supervisor, generations, registry))
+        self._rendering = asyncio.Lock()
         # The labelled series of each (provider, model): made once, then looked up once a stream.
         self._series: dict[tuple[str, str], tuple[Any, ...]] = {}
 
@@ -317,4 +336,21 @@ class Metrics:
         """The exposition, Prometheus' text format 0.0.4 (what every scraper reads)."""
         from prometheus_client.exposition import generate_latest
 
-        return generate_latest(self.registry)
+        return generate_latest(self._live) + generate_latest(self.registry)
+
+    async def render_async(self) -> bytes:
+        """:meth:`render` without holding the streams up: the labelled series in a thread.
+
+        With every model label in use the exposition is some 10,000 series and
+        prometheus_client takes about 90 ms to write them, which on the event
+        loop stalled every stream for as long (benchmarks/metrics_scrape.py).
+        In a thread the loop keeps running: CPython hands the GIL over every
+        5 ms (``sys.getswitchinterval``), and prometheus_client's values are
+        thread-safe (a lock each). One render at a time: scrapes that overlap
+        wait for the one before rather than each taking a thread.
+        """
+        from prometheus_client.exposition import generate_latest
+
+        async with self._rendering:
+            live = generate_latest(self._live)  # a handful of gauges, read on the loop
+            return live + await asyncio.to_thread(generate_latest, self.registry)

@@ -47,7 +47,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import http_exceptions, web
@@ -55,6 +55,9 @@ from aiohttp import http_exceptions, web
 from .app import create_app
 from .config import Config
 from .wire import ErrorEvent
+
+if TYPE_CHECKING:
+    from .workers import WorkerSlot
 
 __all__ = ["BACKLOG", "BAD_REQUEST_LOG_INTERVAL", "SERVER", "GatewayRunner", "start_server"]
 
@@ -217,8 +220,10 @@ class _RequestHandler(web.RequestHandler):
         addresses = self._addresses
         if addresses is not None:
             peer = transport.get_extra_info("peername")
-            address = peer[0] if isinstance(peer, tuple) and peer else "unix"
-            if not addresses.add(address):
+            # (Not a sibling worker's connection on the Unix socket: the
+            # client's was counted where it arrived.)
+            address = peer[0] if isinstance(peer, tuple) and peer else None
+            if address is not None and not addresses.add(address):
                 # Over the cap: one short answer, then the door. No handler, no
                 # parser, no head clock for it.
                 if isinstance(transport, asyncio.WriteTransport):
@@ -426,13 +431,20 @@ class GatewayRunner(web.AppRunner):
 
 
 async def start_server(
-    config: Config, *, access_log: logging.Logger | None = None
+    config: Config,
+    *,
+    access_log: logging.Logger | None = None,
+    worker: WorkerSlot | None = None,
 ) -> GatewayRunner:
     """Build the app and listen on ``config.host``/``config.port``; ``cleanup()`` stops it.
 
     ``runner.addresses[0]`` is the bound address (the real port for port 0).
     ``cleanup()`` stops listening, runs the app's shutdown (the grace period
     for open streams), then closes what is left.
+
+    ``worker``: one of ``serve --workers N``. The port is then shared with the
+    other workers (``SO_REUSEPORT``), and the app also listens on the worker's
+    Unix socket for its siblings (engine.siblings).
 
     Raises :class:`OSError` when the address cannot be bound (the app is
     cleaned up first).
@@ -444,8 +456,13 @@ async def start_server(
 
         access_log = logging.getLogger(ACCESS_LOG)
         logs["access_log_class"] = JSONAccessLogger
+    app = create_app(config)
+    if worker is not None:
+        from .siblings import Siblings
+
+        Siblings.install(app, worker)
     runner = GatewayRunner(
-        create_app(config),
+        app,
         handle_signals=False,
         # A client that disconnects cancels its handler at once, which stops
         # the upstream request too (USERS-ASK 1).
@@ -459,9 +476,15 @@ async def start_server(
         **logs,
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=BACKLOG)
+    sites: list[web.BaseSite] = [web.TCPSite(runner, config.host, config.port, backlog=BACKLOG)]
+    if worker is not None:
+        sites = [
+            web.TCPSite(runner, config.host, config.port, backlog=BACKLOG, reuse_port=True),
+            web.UnixSite(runner, worker.socket_path(worker.slot), backlog=BACKLOG),
+        ]
     try:
-        await site.start()
+        for site in sites:
+            await site.start()
     except BaseException:
         await runner.cleanup()
         raise

@@ -9,6 +9,7 @@ import pytest
 
 from engine import create_app
 from engine.app import ENGINE
+from engine.memory.inmemory import InMemoryStore
 from engine.sse import Decoder
 
 from .helpers import ScriptedProvider, make_config, read_until
@@ -115,3 +116,50 @@ async def test_a_disconnect_is_not_a_stop(held):
     conv = (await engine.open_memory()).for_parent("Chat", "stop")
     reply = (await conv.get_messages())[-1]
     assert reply.metadata["reason"] == "client_disconnected"
+
+
+class _GatedStore(InMemoryStore):
+    """A store that holds the reply's write until ``gate`` opens (``storing`` is set then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.storing = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def _append(self, parent, parent_id, messages):
+        if any(m.role == "assistant" for m in messages):
+            self.storing.set()
+            await self.gate.wait()
+        return await super()._append(parent, parent_id, messages)
+
+
+async def test_a_stop_after_the_last_chunk_while_the_reply_is_stored_lets_the_stream_end(
+    aiohttp_client,
+):
+    app = create_app(make_config())
+    engine = app[ENGINE]
+    store = engine._store = _GatedStore()
+    engine.add_provider(ScriptedProvider(["t0 ", "t1 "]), "mock")
+    client = await aiohttp_client(app)
+    resp = await client.post("/v1/chat/stream", json={"messages": USER, "session": SESSION})
+    events, decoder = await read_until(resp, 1)
+    sid = json.loads(events[0].data)["stream_id"]
+    await store.storing.wait()  # every chunk is out; the whole reply is being stored
+
+    # The Stop route looks the generation up, then stops it in the same step: once it
+    # looked, the Stop has been asked (the test's only other lookup of this id is none).
+    looked = asyncio.Event()
+    lookup = engine.generations.get
+    engine.generations.get = lambda stream_id: (looked.set(), lookup(stream_id))[1]
+    stop = asyncio.ensure_future(client.post(f"/v1/streams/{sid}/stop"))
+    await looked.wait()
+    store.gate.set()
+    answer = await (await stop).json()
+    rest = events + decoder.feed(await resp.read())
+
+    # Too late to stop: the stream ends as it was going to, and Stop says so.
+    assert answer == {"stream_id": sid, "state": "done"}
+    assert [e.event for e in rest] == ["start", "message", "message", "done"]
+    stored = await store.for_parent("Chat", "stop").get_messages()
+    replies = [m for m in stored if m.role == "assistant"]
+    assert [(m.content, m.metadata.get("partial")) for m in replies] == [("t0 t1 ", None)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import admin, anthropic, chat, memory, metrics, openai, playground, streams
+from . import admin, anthropic, chat, memory, metrics, openai, playground, responses, streams
 
 __all__ = ["ROUTES"]
 
@@ -14,6 +14,7 @@ ROUTES: tuple[web.RouteTableDef, ...] = (
     streams.routes,
     openai.routes,
     anthropic.routes,
+    responses.routes,
     memory.routes,
     admin.routes,
     playground.routes,

@@ -103,7 +103,7 @@ async def _start_message(request: web.Request) -> web.StreamResponse | _Opened:
         # The model as the client can name it again: with the prefix it used.
         return f"{prefix}/{name}" if prefix else name
 
-    mid = message_id()
+    mid = message_id() + engine.stream_tag
     if not body.stream:
         reply = await send_reply(request, provider, messages, memory, model=model, options=options)
         return json_response(reply_message(mid, shown(reply.model), reply))

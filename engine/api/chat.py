@@ -248,7 +248,7 @@ async def _open_stream(request: web.Request, body: ChatRequest) -> _Opened | web
         return stream.response or web.Response(status=499)
     chunks.prompt_estimate = estimate_tokens(messages)
     del messages
-    sid = uuid.uuid4().hex
+    sid = uuid.uuid4().hex + engine.stream_tag
     owner = principal(request).owner
     log = engine.registry.open(sid, owner) if engine.registry is not None else None
     framing = NativeFraming(sid, provider.name, chunks.model)
@@ -298,4 +298,8 @@ async def chat_send(request: web.Request) -> web.Response:
 @public
 async def healthz(request: web.Request) -> web.Response:
     engine = request.app[ENGINE]
+    if engine.siblings is not None:  # (which worker of `serve --workers N` answered)
+        return json_response(
+            {"status": "ok", "streams": len(engine.supervisor), "worker": engine.siblings.slot}
+        )
     return json_response({"status": "ok", "streams": len(engine.supervisor)})

@@ -65,8 +65,13 @@ async def metrics(request: web.Request) -> web.Response:
     if telemetry.metrics is None:
         why = telemetry.unavailable or "metrics are unavailable"
         raise NotFound(why) if not engine.config.metrics else MetricsUnavailable(why)
+    body = await telemetry.metrics.render_async()
+    siblings = engine.siblings
+    if siblings is not None and not siblings.asked_by_sibling(request):
+        # `serve --workers N`: the whole server in one scrape, not one worker at random.
+        body = await siblings.gather_metrics(request, body)
     return web.Response(
-        body=telemetry.metrics.render(),
+        body=body,
         headers={
             "Content-Type": CONTENT_TYPE,
             "Cache-Control": "no-store",

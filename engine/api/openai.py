@@ -151,7 +151,7 @@ async def _start_completion(
         # The model as the client can name it again: with the prefix it used.
         return f"{prefix}/{name}" if prefix else name
 
-    cid = f"chatcmpl-{uuid.uuid4().hex}"
+    cid = f"chatcmpl-{uuid.uuid4().hex}{engine.stream_tag}"
     created = int(time.time())
     if not body.stream:
         reply = await send_reply(request, provider, messages, memory, model=model, options=options)

@@ -8,6 +8,8 @@
             Last-Event-ID, the whole stream from its start
         204 when n is already the final event (EventSource stops reconnecting)
         404 stream_not_found: unknown or expired
+        503 stream_log_unavailable (Retry-After): the Redis stream log cannot be
+            reached, or lost events of this stream (its own box still serves it)
         410 resume_gap: the bounded log no longer holds event n+1 (the message
             names the earliest id still held)
         400 a malformed Last-Event-ID, one of another stream, or past what was sent
@@ -31,7 +33,7 @@ import re
 
 from aiohttp import web
 
-from ..errors import BadRequest, ResumeGap, StreamNotFound
+from ..errors import BadRequest, ResumeGap, StreamLogUnavailable, StreamNotFound
 from ..gateway import ENGINE
 from ..middleware import SERVER_HEADER, principal, query_token
 from ..streams import EventStream
@@ -39,7 +41,7 @@ from ..streams.generation import outlive_client
 from ..streams.log import StreamLog
 from ._io import json_response
 
-__all__ = ["LAST_EVENT_ID", "resume", "routes"]
+__all__ = ["LAST_EVENT_ID", "check_held", "follow_log", "resume", "routes"]
 
 routes = web.RouteTableDef()
 
@@ -94,6 +96,12 @@ async def resume(request: web.Request, stream_id: str | None) -> web.StreamRespo
     engine = request.app[ENGINE]
     registry = engine.registry
     log = registry.get(stream_id) if registry is not None else None
+    if log is None and registry is not None:
+        try:
+            log = await registry.fetch(stream_id)  # another worker's or box's (Redis)
+        except StreamLogUnavailable:
+            engine.telemetry.resumed("503")
+            raise
     if log is not None and not _may_see(request, log.owner):
         log = None  # another key's stream: as if it did not exist
     if log is None:
@@ -101,7 +109,8 @@ async def resume(request: web.Request, stream_id: str | None) -> web.StreamRespo
         why = "is unknown or expired" if registry is not None else "cannot be resumed (resume off)"
         raise StreamNotFound(f"the stream {_shown(stream_id)!r} {why}")
     after = -1 if seen is None else seen[1]
-    if after > log.next - 1:
+    if after > log.next - 1 and not (log.remote and log.final is None):
+        # (A copy of a log produced elsewhere may lag what its client was sent: it waits.)
         raise BadRequest(
             f"Last-Event-ID {stream_id}:{after} is past the last event sent "
             f"({stream_id}:{log.next - 1})"
@@ -111,7 +120,7 @@ async def resume(request: web.Request, stream_id: str | None) -> web.StreamRespo
         engine.telemetry.resumed("204")
         return web.Response(status=204, headers={"Server": SERVER_HEADER})
     try:
-        _check_held(log, after)
+        check_held(log, after)
     except ResumeGap:
         engine.telemetry.resumed("410")
         raise
@@ -150,6 +159,8 @@ async def stream_stop(request: web.Request) -> web.Response:
         log = engine.registry.get(stream_id) if engine.registry is not None else None
         if state is None and log is not None and log.ended and _may_see(request, log.owner):
             state = "ended"
+        if state is None and log is None and engine.registry is not None:
+            state = await engine.registry.stop(stream_id, owner)  # produced elsewhere (Redis)
         if state is None:
             raise StreamNotFound(f"the stream {_shown(stream_id)!r} is unknown or expired")
     return json_response({"stream_id": stream_id, "state": state})
@@ -161,7 +172,8 @@ def _may_see(request: web.Request, owner: str | None) -> bool:
     return who is None or who == owner
 
 
-def _check_held(log: StreamLog, after: int) -> None:
+def check_held(log: StreamLog, after: int) -> None:
+    """Raise :class:`ResumeGap` if the log no longer holds the event after ``after``."""
     if after + 1 < log.first:
         raise ResumeGap(
             f"the events after {log.stream_id}:{after} are no longer held; "
@@ -181,16 +193,21 @@ async def _follow(request: web.Request, log: StreamLog, after: int) -> web.Strea
         # connection is noticed dead must not be cut off with it).
         outlive_client(generation, lambda: log.readers, 0, engine.spawn)
     try:
-        return await _follow_in(stream, log, after)
+        return await follow_log(stream, log, after)
     finally:
         log.readers -= 1
 
 
-async def _follow_in(stream: EventStream, log: StreamLog, after: int) -> web.StreamResponse:
+async def follow_log(stream: EventStream, log: StreamLog, after: int) -> web.StreamResponse:
+    """Send ``stream`` the events of ``log`` after ``after``, then the live rest, then the end.
+
+    Any dialect's: the log holds the framed bytes (``/v1/responses`` follows its
+    own logs with it). A reader slower than the log's bound gets an error event.
+    """
     async with stream:
         position = after
         while True:
-            _check_held(log, position)  # a reader slower than the log's bound: an error event
+            check_held(log, position)  # a reader slower than the log's bound: an error event
             data = log.since(position)
             if data:
                 position = log.next - 1

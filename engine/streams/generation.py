@@ -10,8 +10,14 @@ the handle: its task (the one relaying) and an explicit state.
 States (h11-style: a transition not in the table raises)::
 
     streaming --stop()--> stopping --ended("stopped")--> stopped
+    streaming --ending()--> ending --ended(x)--> done | failed | interrupted
     streaming --ended(x)--> done | failed | interrupted
     stopping  --ended(x)--> x            (it ended another way first)
+
+``ending``: the upstream's last chunk is in, and the relay stores the reply and
+writes the final event. A Stop then has nothing left to stop: it waits for the
+end and answers ``done``, rather than cancelling the store and the final event
+half-way (which cut the body and stored the reply as an error).
 """
 
 from __future__ import annotations
@@ -33,8 +39,9 @@ MAX_ENDED = 10_000
 
 _ENDINGS = frozenset({"done", "stopped", "failed", "interrupted"})
 _TRANSITIONS = {
-    "streaming": {"stopping", *_ENDINGS},
+    "streaming": {"stopping", "ending", *_ENDINGS},
     "stopping": set(_ENDINGS),
+    "ending": set(_ENDINGS),
 }
 
 
@@ -97,6 +104,11 @@ class Generation:
         self._task.cancel()
         return True
 
+    def ending(self) -> None:
+        """The upstream is done: from now on a Stop waits for the end instead of cutting it."""
+        if self.state == "streaming":
+            self._move("ending")
+
     def set_task(self, task: asyncio.Task[Any]) -> None:
         """The task that relays it, when it is not the one that registered it (detach)."""
         self._task = task
@@ -132,6 +144,8 @@ class Generations:
         self._live: dict[str, Generation] = {}
         # How each ended, and who started it.
         self._ended: OrderedDict[str, tuple[str, str | None]] = OrderedDict()
+        #: Told of each generation that ends (the Redis stream log records its state).
+        self.on_finish: Callable[[Generation], None] | None = None
 
     def __len__(self) -> int:
         return len(self._live)
@@ -157,6 +171,8 @@ class Generations:
         self._ended[generation.stream_id] = (generation.state, generation.owner)
         while len(self._ended) > MAX_ENDED:
             self._ended.popitem(last=False)
+        if self.on_finish is not None:
+            self.on_finish(generation)
 
     def get(self, stream_id: str) -> Generation | None:
         return self._live.get(stream_id)

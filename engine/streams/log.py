@@ -21,6 +21,14 @@ Bounds, so that no stream and no reader can make the gateway hold without end:
 
 A :class:`Registry` (one per engine) finds logs by stream id and applies the
 total and time bounds on a tick of its own, while it holds any log.
+
+Two backends share this interface (the resume and Stop routes use nothing
+else): this in-process one, and :class:`~engine.streams.redis_log.RedisRegistry`
+(``stream_log = "redis://..."``), whose logs are these same objects, with each
+burst also handed to one writer per worker for Redis. ``Registry.get`` finds
+this worker's logs (synchronous, the common case); ``await Registry.fetch``
+finds another worker's or box's (``None`` here); ``await Registry.stop``
+stops a stream produced elsewhere (``None`` here: unknown).
 """
 
 from __future__ import annotations
@@ -89,6 +97,10 @@ class StreamLog:
         self._max_bytes = max_bytes
         self._waiter: asyncio.Future[None] | None = None
         self._waking = False
+
+    #: True for a copy of a log produced elsewhere (engine.streams.redis_follow):
+    #: its events may lag what a client was sent, so a Last-Event-ID past its end waits.
+    remote = False
 
     @property
     def size(self) -> int:
@@ -215,8 +227,26 @@ class Registry:
             self._task = asyncio.get_running_loop().create_task(self._sweep())
         return stream_log
 
+    #: Streams whose events could not all be kept in the shared log (Redis
+    #: slow or down); always 0 for this in-process one.
+    unlogged = 0
+
     def get(self, stream_id: str) -> StreamLog | None:
+        """This worker's log of ``stream_id``, or None."""
         return self._logs.get(stream_id)
+
+    async def fetch(self, stream_id: str) -> StreamLog | None:
+        """The log of a stream produced by another worker or box, or None (none here).
+
+        A shared backend raises :class:`~engine.errors.StreamLogUnavailable` when it
+        cannot tell.
+        """
+        return None
+
+    async def stop(self, stream_id: str, owner: str | None) -> str | None:
+        """Stop a stream produced elsewhere: its state once it ended, or None if unknown
+        (or not ``owner``'s; ``None`` sees all). None here: there is no elsewhere."""
+        return None
 
     async def _sweep(self) -> None:
         try:

@@ -278,6 +278,8 @@ async def relay(
                             raise
                         stopped, finish_reason = True, "stopped"
                         await chunks.aclose()  # the upstream is closed now, not after the rest
+                    if generation is not None:
+                        generation.ending()  # a Stop from now on waits for the end
                     await stream.flush()
                     if usage is None:
                         # Stopped, or a server that sends none: say about what it was.
