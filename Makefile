@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 ARGS ?=
 
-.PHONY: serve test install install-test lint fmt bench bench-quick clean
+.PHONY: serve test install install-test lint fmt bench bench-quick soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ bench: $(VENV)/.installed-bench
 
 bench-quick: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks --quick
+
+# A bounded soak (10 minutes; `make soak ARGS='--minutes 2'`): RSS, fds and tasks
+# sampled under hundreds of clients, their slopes into benchmarks/RESULTS.md.
+soak: $(VENV)/.installed-bench
+	$(BIN)/python -m benchmarks.soak $(ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

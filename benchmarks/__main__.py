@@ -22,6 +22,7 @@ import traceback
 from typing import Any
 
 from ._harness import BENCH_DIR, LABELS, log, machine, raise_nofile
+from ._soak_report import section_of
 
 BENCHES = {
     "encoder": "benchmarks.bench_encoder",
@@ -269,6 +270,10 @@ def write_results(data: dict[str, Any], plots: list[str]) -> None:
             lines += [f"## {TITLES[name]}", "", "Not run yet.", ""]
         else:
             lines.append(render_section(name, entry))
+    if RESULTS_MD.exists():
+        # `make soak` writes its own section: it stays until the next soak replaces it.
+        soak = section_of(RESULTS_MD.read_text())
+        lines += [soak] if soak else []
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     if NOTES_MD.exists():
