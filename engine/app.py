@@ -47,6 +47,9 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     except StoreUnavailable as exc:
         log.warning("memory store unavailable at start-up: %s", exc.message)
     await engine.open_keys()
+    if engine.registry is not None:
+        # The Redis stream log listens for Stops from the start (engine.streams.redis_control).
+        engine.registry.start()
     yield
     await engine.aclose()
 

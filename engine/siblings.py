@@ -31,9 +31,9 @@ The routes forwarded: those with a ``{stream_id}`` (resume, Stop) or a
 worker's tag pays anything: a dict lookup and a regular expression.
 
 :class:`StreamLocator` is the seam for the shared stream log (issue 14, part
-B): with ``stream_log`` set, Redis holds every stream's log and takes resumes
-and Stops itself, and :class:`Siblings` then forwards none (only ``/metrics``
-is still gathered here).
+B): with ``stream_log`` set, Redis holds the native streams' logs and takes
+resumes and Stops (of every stream) itself, and :class:`Siblings` then
+forwards none (only ``/metrics`` is still gathered here).
 
 ``/metrics``: the worker a scrape reaches asks each sibling for its own
 exposition (the same request, plus :data:`SIBLING_HEADER`, honoured only on

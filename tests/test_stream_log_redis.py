@@ -21,13 +21,15 @@ import aiohttp
 import pytest
 import redis.asyncio as aioredis
 
+from engine.app import create_app
 from engine.errors import InvalidFields
+from engine.gateway import ENGINE
 from engine.keys import hash_key
 from engine.sse import Decoder
 from engine.streams.redis_log import KEY_PREFIX, RedisRegistry, check_url
 from tests.test_memory_contract import server_url
 
-from .helpers import ScriptedProvider, read_until
+from .helpers import ScriptedProvider, make_config, read_until
 
 USER = [{"role": "user", "content": "hi"}]
 TOKENS = [f"t{i} " for i in range(10)]
@@ -231,6 +233,110 @@ async def test_stop_on_the_other_box_stops_the_producer(gateway, url):
         assert (await resp.json())["state"] == "stopped"
 
 
+# Streams with no log (their generation only): model, body, the id's header.
+UNLOGGED = {
+    "completions": ("/v1/chat/completions", {"model": "mock/x", "messages": USER, "stream": True}),
+    "messages": (
+        "/v1/messages",
+        {"model": "mock/x", "max_tokens": 50, "messages": USER, "stream": True},
+    ),
+}
+
+
+def stopped_ending(dialect: str, rest) -> None:
+    """``rest`` (the events after the Stop) is the dialect's normal end of a stopped stream."""
+    if dialect == "completions":
+        assert rest[-1].data == "[DONE]"
+        assert json.loads(rest[-2].data)["choices"][0]["finish_reason"] == "stopped"
+    else:
+        assert rest[-1].event == "message_stop"
+        assert [e.event for e in rest].count("message_delta") == 1
+
+
+@pytest.mark.parametrize("dialect", sorted(UNLOGGED))
+async def test_a_stream_with_no_log_is_stopped_through_the_other_box(gateway, url, redis, dialect):
+    gate = asyncio.Event()
+    provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
+    a, b = await boxes(gateway, url, provider)
+    path, body = UNLOGGED[dialect]
+    first = await a.post(path, json=body)
+    _, decoder = await read_until(first, 3)
+    sid = first.headers["X-Stream-Id"]
+    assert await redis.exists(KEY_PREFIX + sid + ":meta") == 0  # (no log: no meta hash)
+    resp = await b.post(f"/v1/streams/{sid}/stop")
+    assert resp.status == 200
+    assert await resp.json() == {"stream_id": sid, "state": "stopped"}
+    assert provider.closed.is_set()  # the upstream was closed before the answer
+    assert provider.sent == 2
+    stopped_ending(dialect, decoder.feed(await first.read()))
+    # Stopping it again answers how it ended, from either box.
+    for box in (a, b):
+        resp = await box.post(f"/v1/streams/{sid}/stop")
+        assert await resp.json() == {"stream_id": sid, "state": "stopped"}
+
+
+async def test_an_app_whose_engine_was_made_outside_a_loop_takes_stops_from_the_start(
+    gateway, url, aiohttp_client
+):
+    """An embedder builds the engine before ``web.run_app`` starts a loop; the
+    app's start-up (not the first native stream) starts the Stop listener."""
+    gate = asyncio.Event()
+    provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
+    app = await asyncio.to_thread(create_app, make_config(stream_log=url))  # no running loop there
+    app[ENGINE].add_provider(provider, "mock")
+    a = await aiohttp_client(app)
+    b = await gateway(None, stream_log=url)
+    path, body = UNLOGGED["completions"]
+    first = await a.post(path, json=body)
+    _, decoder = await read_until(first, 3)
+    resp = await b.post(f"/v1/streams/{first.headers['X-Stream-Id']}/stop")
+    assert await resp.json() == {"stream_id": first.headers["X-Stream-Id"], "state": "stopped"}
+    stopped_ending("completions", decoder.feed(await first.read()))
+
+
+async def test_an_ended_stream_with_no_log_answers_how_it_ended_on_the_other_box(gateway, url):
+    a, b = await boxes(gateway, url, ScriptedProvider(TOKENS))
+    path, body = UNLOGGED["completions"]
+    resp = await a.post(path, json=body)
+    assert events(await resp.read())[-1].data == "[DONE]"
+    resp = await b.post(f"/v1/streams/{resp.headers['X-Stream-Id']}/stop")
+    assert resp.status == 200
+    assert (await resp.json())["state"] == "done"
+
+
+async def test_an_unknown_stream_is_404_on_the_other_box_and_a_malformed_id_too(gateway, url):
+    _, b = await boxes(gateway, url, ScriptedProvider(TOKENS))
+    for sid in ("chatcmpl-0123456789abcdef0123456789abcdef", "not%20an%20id"):
+        resp = await b.post(f"/v1/streams/{sid}/stop")
+        assert resp.status == 404
+        assert (await resp.json())["type"] == "stream_not_found"
+
+
+async def test_another_keys_stream_with_no_log_is_404_on_every_box(gateway, url):
+    alice, bob = (
+        "sk-sse-alice-0123456789abcdefghijklmnop",
+        "sk-sse-bob-0123456789abcdefghijklmnopqr",
+    )
+    keys = {"alice": {"hash": hash_key(alice)}, "bob": {"hash": hash_key(bob)}}
+    gate = asyncio.Event()
+    provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
+    a, b = await boxes(gateway, url, provider, keys=keys)
+    path, body = UNLOGGED["completions"]
+    first = await a.post(path, json=body, headers={"Authorization": f"Bearer {alice}"})
+    _, decoder = await read_until(first, 3)
+    sid = first.headers["X-Stream-Id"]
+    for box in (a, b):
+        resp = await box.post(f"/v1/streams/{sid}/stop", headers={"Authorization": f"Bearer {bob}"})
+        assert resp.status == 404
+    assert not provider.closed.is_set()  # still streaming
+    resp = await b.post(f"/v1/streams/{sid}/stop", headers={"Authorization": f"Bearer {alice}"})
+    assert await resp.json() == {"stream_id": sid, "state": "stopped"}
+    stopped_ending("completions", decoder.feed(await first.read()))
+    # Ended, it is still only alice's to ask about.
+    resp = await b.post(f"/v1/streams/{sid}/stop", headers={"Authorization": f"Bearer {bob}"})
+    assert resp.status == 404
+
+
 async def test_readers_elsewhere_get_producer_lost_when_the_producer_dies(gateway, url):
     """The producer is a real ``python -m engine serve`` killed with SIGKILL."""
     proc = await asyncio.create_subprocess_exec(
@@ -383,6 +489,15 @@ async def test_a_redis_that_refuses_connections_leaves_streams_whole(gateway, pr
     assert len(got) == len(TOKENS) + 2
     resp = await a.post(f"/v1/streams/{got[0].id.split(':')[0]}/stop")
     assert resp.status == 200  # (it ended here: answered from memory)
+
+
+async def test_a_stop_for_another_box_while_redis_is_down_is_503(gateway, proxied):
+    await proxied.cut()
+    b = await gateway(None, stream_log=proxied.url)
+    resp = await b.post("/v1/streams/chatcmpl-0123456789abcdef0123456789abcdef/stop")
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "2"
+    assert (await resp.json())["type"] == "stream_log_unavailable"
 
 
 async def test_entries_that_are_not_ours_are_an_error_event_not_a_crash(gateway, url, redis):

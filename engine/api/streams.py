@@ -17,7 +17,10 @@
     POST /v1/streams/{stream_id}/stop   end it on purpose (native and completion streams)
         200 {"stream_id", "state"}: readers get the normal end with finish_reason
             "stopped", memory keeps the partial reply (reason "stopped"); a stream
-            that already ended answers how it ended; 404 unknown
+            that already ended answers how it ended; 404 unknown (or another
+            key's). With the Redis stream log, on any worker of any box, any
+            stream (engine.streams.redis_control); 503 stream_log_unavailable
+            (Retry-After) while Redis cannot be reached
 
 A ``GET`` or ``POST /v1/chat/stream`` carrying ``Last-Event-ID`` resumes the
 same way (what EventSource and fetch-event-source do when they reconnect)

@@ -280,6 +280,9 @@ class Registry:
         for stream_log in list(self._logs.values()):
             stream_log._trim(stream_log.size // 2)
 
+    def start(self) -> None:
+        """Start what the registry runs in the background (here nothing; called at app start-up)."""
+
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()

@@ -3,7 +3,9 @@
 ``stream_log = "redis://host:port/db"`` (``--stream-log``, ``SSE_ENGINE_STREAM_LOG``)
 keeps each native stream's log in Redis as well as in its worker's memory, so
 a resume by ``Last-Event-ID`` or a Stop lands on any worker of any box
-(DESIGN.md, "Redis Streams log"). Needs the ``[redis]`` extra.
+(DESIGN.md, "Redis Streams log"); a Stop does for unlogged streams too
+(``/v1/chat/completions``, ``/v1/messages``: engine.streams.redis_control).
+Needs the ``[redis]`` extra.
 
 Layout, under :data:`KEY_PREFIX`::
 
@@ -15,8 +17,12 @@ Layout, under :data:`KEY_PREFIX`::
                         ended), state (how its generation ended), broken (1:
                         events were lost, Redis was slow or down)
     <sid>:followed      set (1 s) by a box that has readers following it live
+    <sid>:stop:<nonce>  one Stop's answer, logged stream or not: "stopping", then
+                        how it ended (seconds)
     worker:<id>         the producing worker's lease (:data:`LEASE` s, renewed each :data:`TICK`)
-    control             pub/sub: "stop <sid>", "follow <sid>" to the producing worker
+    control             pub/sub: "stop <sid> <nonce> <owner>" to whoever holds any
+                        stream (completions too), "stop <sid>", "follow <sid>" to
+                        the producing worker
 
 Both keys of a stream expire ``resume_ttl`` after its end (a live one, a
 minute at least after its latest write): a stream whose producer died stays
@@ -48,7 +54,7 @@ from redis.backoff import NoBackoff
 from ..errors import InvalidFields
 from ..memory.base import redact_url
 from .log import Registry, StreamLog
-from .redis_control import listen, stop_elsewhere
+from .redis_control import cancel_all, listen, stop_elsewhere
 from .redis_follow import Follower
 from .redis_writer import ERRORS, Writer
 
@@ -219,6 +225,11 @@ class RedisRegistry(Registry):
         self.followed: set[RedisStreamLog] = set()
         if generations is not None:
             generations.on_finish = self._finished
+        # From the start, not the first log: a Stop may name any stream this
+        # worker runs, logged or not (redis_control). Made outside a running
+        # loop (an embedder's web.run_app), the app's start-up calls start().
+        with contextlib.suppress(RuntimeError):
+            self.start()
 
     # -- producing -------------------------------------------------------------
 
@@ -227,12 +238,14 @@ class RedisRegistry(Registry):
         self._logs[stream_id] = stream_log
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._sweep())
-        if not self._tasks:
-            self._start()
+        self.start()
         self.writer.opened(stream_log)
         return stream_log
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """The writer, the lease and the control listener (once; needs a running loop)."""
+        if self._tasks:
+            return
         loop = asyncio.get_running_loop()
         for work in (self.writer.run(), self._renew(), listen(self)):
             self._tasks.append(loop.create_task(work))
@@ -279,9 +292,7 @@ class RedisRegistry(Registry):
     async def aclose(self) -> None:
         await self.writer.drain(DRAIN)
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_all(tasks)
         if tasks:
             with contextlib.suppress(*ERRORS):
                 await self.client.delete(f"{self.prefix}worker:{self.worker}")
