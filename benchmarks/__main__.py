@@ -2,7 +2,7 @@
 
     python -m benchmarks [--quick] [--only NAME[,NAME...]]
 
-Names: encoder, throughput, latency, concurrency, memory. ``--only`` reruns
+Names: encoder, throughput, latency, concurrency, features, memory. ``--only`` reruns
 some and keeps the other sections from the last run (benchmarks/results.json).
 A benchmark that is missing or fails is reported in RESULTS.md and the run
 goes on. Progress goes to stderr.
@@ -29,6 +29,7 @@ BENCHES = {
     "throughput": "benchmarks.bench_throughput",
     "latency": "benchmarks.bench_latency",
     "concurrency": "benchmarks.bench_concurrency",
+    "features": "benchmarks.bench_features",
     "memory": "benchmarks.bench_memory",
 }
 TITLES = {
@@ -36,6 +37,7 @@ TITLES = {
     "throughput": "Throughput: events/s to 1, 50 and 500 clients",
     "latency": "Added chunk latency through the gateway (relay of a fake OpenAI upstream)",
     "concurrency": "Concurrency: idle streams and stable relayed streams",
+    "features": "Relay CPU per chunk by feature (log, metrics, keys) beside an aiohttp relay",
     "memory": "Conversation memory (operations/s)",
 }
 RESULTS_JSON = BENCH_DIR / "results.json"

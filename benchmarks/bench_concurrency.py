@@ -1,7 +1,12 @@
 """Concurrency: idle streams held with heartbeats, and the most relayed streams that stay stable.
 
 Idle: a fresh server (CPU 0, heartbeat 5 s) gets 1k, 5k and 10k streams that
-send their first chunk and then go quiet (the mock at ``interval_ms=60000``);
+send their first chunk and then go quiet (the mock at ``interval_ms=60000``;
+sse-engine with the stream log and metrics on, its defaults, named on the
+command line; ``--quick``: 1k, sse-engine, plain aiohttp and raw only);
+two more sse-engine rows at 1k and 10k (1k in ``--quick``): the same with
+both off, and the same streams asking for ``max_tokens=1000000`` (the mock's
+memory must not grow with it: all held, KiB per stream as with 3);
 the load generator (CPU 1) checks each stream got its first frames, that every
 one then received a heartbeat, and that none was dropped. Server RSS
 (``VmRSS``) before the connections and after a heartbeat period gives KiB per
@@ -32,14 +37,23 @@ are the gateway's. The gateway's CPU share (and its CPU per relayed chunk) and
 CPU 1's (fake + client, and the fake's CPU per chunk it sent on the direct
 path) over the counted chunks are reported, not judged.
 
-Relay floor: ``benchmarks/servers/raw_relay.py`` (a raw asyncio Protocol on
-uvloop that relays the same fake with no framework, no JSON parsing and no
-stream state), started like the gateway (CPU 0, ``OPENAI_BASE_URL`` at the
-fake), is measured right after the gateway at every level, judged by the same
-rule against the same direct floor, and climbs until its own first unstable
-level (bounded by the same last level), so the table shows the largest stable
-level and the CPU per relayed chunk of the gateway next to what any Python
-relay pays on this machine.
+Relays compared (issue 17): at every level, right after the gateway's native
+route, three more relays of the same fake, each judged by the same rule
+against the same direct floor and climbing until its own first unstable level
+(bounded by the same last level): the gateway on ``POST
+/v1/chat/completions`` (OpenAI chunks in and out; the client reads the stamp
+from either dialect); ``benchmarks/servers/aiohttp_relay.py``, the minimal
+aiohttp passthrough (one shared ``ClientSession``, every read of the upstream
+body written to the client unchanged), the issue's yardstick and the
+completions route's like-for-like peer; and the relay floor,
+``benchmarks/servers/raw_relay.py`` (a raw asyncio Protocol on uvloop that
+relays the same fake with no framework, no JSON parsing and no stream state).
+Each is started like the gateway (CPU 0, ``OPENAI_BASE_URL`` at the fake), so
+the table shows the largest stable level and the CPU per relayed chunk of the
+gateway next to what an aiohttp relay and any Python relay pay on this
+machine, with the ratios to the aiohttp relay. The gateway runs with
+``serve``'s defaults (stream log and metrics on, no client keys);
+``bench_features`` holds one level with each feature on and off.
 
 Paced mock, not relayed (secondary; the peers cannot relay): every server
 under test streams its own mock at ``interval_ms=20`` to 1,000 streams at once
@@ -58,6 +72,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 from ._harness import (
@@ -77,6 +93,24 @@ from .bench_latency import Fake, Gateway, fake_markdown, measure, run_client
 HEARTBEAT = 5.0
 IDLE_TARGET = "/v1/chat/stream?q=idle&max_tokens=3&token_size=16&interval_ms=60000"
 IDLE_FIRST_FRAMES = 2  # start, the first chunk; then a minute of silence
+#: The same idle stream asking for a million chunks (the most Options allows): the
+#: mock makes its text lazily, so what a stream holds must not grow with it.
+IDLE_TARGET_LONG = IDLE_TARGET.replace("max_tokens=3&", "max_tokens=1000000&")
+_FEATURES_ON = ("--resume", "on", "--metrics", "on")
+#: The gateway's idle variants: kind: (extra ``serve`` flags, target). ``native`` names
+#: the stream log (in-memory resume) and metrics explicitly: they are the defaults,
+#: and the issue's memory target holds with both on.
+IDLE_NATIVE: dict[str, tuple[tuple[str, ...], str]] = {
+    "native": (_FEATURES_ON, IDLE_TARGET),
+    "native-1m": (_FEATURES_ON, IDLE_TARGET_LONG),
+    "native-bare": (("--resume", "off", "--metrics", "off"), IDLE_TARGET),
+}
+IDLE_LABELS = {
+    **LABELS,
+    "native": "sse-engine (ours), log and metrics on",
+    "native-1m": "sse-engine, log and metrics on, max_tokens=1,000,000",
+    "native-bare": "sse-engine, log and metrics off",
+}
 INTERVAL_MS = 20  # the paced mock's
 STABLE_P99_MS = 50.0
 #: Relay ladder levels (full, quick), chunks per stream (quick, full), warm-up chunks.
@@ -111,8 +145,37 @@ def _warm(server: Server) -> None:
     )
 
 
+class Native(Server):
+    """The gateway (the harness's native command) with extra ``serve`` flags."""
+
+    def __init__(self, flags: tuple[str, ...], *, heartbeat: float) -> None:
+        super().__init__("native", heartbeat=heartbeat)
+        self.flags = flags
+
+    def command(self) -> list[str]:
+        return [*super().command(), *self.flags]
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
 def idle(kind: str, clients: int) -> dict[str, Any]:
-    with Server(kind, heartbeat=HEARTBEAT) as server:
+    flags, target = IDLE_NATIVE.get(kind, ((), IDLE_TARGET))
+    server = (
+        Native(flags, heartbeat=HEARTBEAT)
+        if kind in IDLE_NATIVE
+        else Server(kind, heartbeat=HEARTBEAT)
+    )
+    checked: dict[str, int] = {}
+    with server:
+        if kind in IDLE_NATIVE:
+            # What the flags say: /metrics answers 200 with metrics on, 404 off.
+            checked["metrics_status"] = _status(server.port, "/metrics")
         _warm(server)
         time.sleep(0.5)
         before = server.rss_kib()
@@ -120,7 +183,7 @@ def idle(kind: str, clients: int) -> dict[str, Any]:
             {
                 "mode": "idle",
                 "port": server.port,
-                "target": IDLE_TARGET,
+                "target": target,
                 "clients": clients,
                 "first_frames": IDLE_FIRST_FRAMES,
                 "timeout": 50,
@@ -143,6 +206,7 @@ def idle(kind: str, clients: int) -> dict[str, Any]:
         "rss_after_kib": peak,
         "kib_per_conn": (peak - before) / n,
         "connect_s": ready["connect_s"],
+        **checked,
         **result,
     }
 
@@ -202,16 +266,46 @@ class RawRelay(Gateway):
     """``benchmarks.servers.raw_relay`` (the relay floor), started like the gateway: CPU 0,
     ``OPENAI_BASE_URL`` at the fake."""
 
+    module = "benchmarks.servers.raw_relay"
+
     def __init__(self, upstream: str) -> None:
         super().__init__(upstream)
-        self.kind = "raw-relay"
+        self.kind = self.module.rsplit(".", 1)[-1]
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "benchmarks.servers.raw_relay"]
+        return [sys.executable, "-m", self.module]
 
 
-def _judge(n: int, direct: dict[str, Any], relay: dict[str, Any], name: str) -> dict[str, Any]:
-    """One relayed row (``name``: the relay's pid key, ``gateway`` or ``floor``)."""
+class AiohttpRelay(RawRelay):
+    """``benchmarks.servers.aiohttp_relay`` (the aiohttp passthrough), started the same way."""
+
+    module = "benchmarks.servers.aiohttp_relay"
+
+
+#: The relays the ladder climbs, measured in this order at each level: name:
+#: (process, native request or OpenAI's). ``completions`` is the gateway on
+#: ``POST /v1/chat/completions``: OpenAI chunks in and out, like the aiohttp
+#: passthrough, so the two compare like for like; ``gateway`` (its native route,
+#: with the stream log) stays the headline.
+RELAYS: dict[str, tuple[str, bool]] = {
+    "gateway": ("gateway", True),
+    "completions": ("gateway", False),
+    "aiohttp": ("aiohttp", False),
+    "floor": ("floor", True),
+}
+#: How the tables name them.
+RELAY_NAMES = {
+    "gateway": "gateway, native route",
+    "completions": "gateway, completions route",
+    "aiohttp": "aiohttp relay",
+    "floor": "raw relay floor",
+}
+
+
+def _judge(
+    n: int, direct: dict[str, Any], relay: dict[str, Any], name: str, pid: str | None = None
+) -> dict[str, Any]:
+    """One relayed row (``name``: the relay's, ``pid``: its process's key, default ``name``)."""
     row: dict[str, Any] = {
         "streams": n,
         "direct": direct,
@@ -228,40 +322,41 @@ def _judge(n: int, direct: dict[str, Any], relay: dict[str, Any], name: str) -> 
     # relayed chunk at that rate.
     rate = n * 1000 / relay["pace_p50"] if relay["pace_p50"] > 0 else float("nan")
     row["offered_per_s"] = rate
-    row[f"{name}_share"] = relay["cpu_share"].get(name, float("nan"))
+    row[f"{name}_share"] = relay["cpu_share"].get(pid or name, float("nan"))
     row[f"{name}_us_per_chunk"] = row[f"{name}_share"] * 1e6 / rate
     return row
 
 
 async def _ladder(
-    fake: Fake, gateway: Gateway, floor: RawRelay, levels: tuple[int, ...], chunks: int
-) -> tuple[list[Any], list[Any]]:
-    """Gateway rows and floor rows: each climbs until its own first unstable level."""
-    pids = {"gateway": gateway.pid, "floor": floor.pid, "fake": fake.pid}
+    fake: Fake, procs: dict[str, Gateway], levels: tuple[int, ...], chunks: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Rows per relay of :data:`RELAYS`: each climbs until its own first unstable level."""
+    pids = {name: proc.pid for name, proc in procs.items()} | {"fake": fake.pid}
     args: dict[str, Any] = {"chunks": chunks, "warm": RELAY_WARM, "cpu": pids, "cdf": 400}
-    relays = {"gateway": gateway.port, "floor": floor.port}
-    for port, relayed in ((fake.port, False), (gateway.port, True), (floor.port, True)):
-        await measure(port, gateway=relayed, streams=10, **args)  # connections, imports
-    rows: dict[str, list[dict[str, Any]]] = {"gateway": [], "floor": []}
-    climbing = set(relays)
+    await measure(fake.port, gateway=False, streams=10, **args)  # connections, imports
+    for proc, native in RELAYS.values():
+        await measure(procs[proc].port, gateway=native, streams=10, **args)
+    rows: dict[str, list[dict[str, Any]]] = {name: [] for name in RELAYS}
+    climbing = set(RELAYS)
     for n in levels:
         direct = await measure(fake.port, gateway=False, streams=n, **args)
         # The fake's CPU per chunk it sent, at the rate it sent them.
         rate = n * 1000 / direct["pace_p50"] if direct["pace_p50"] > 0 else float("nan")
         direct["fake_us_per_chunk"] = direct["cpu_share"].get("fake", float("nan")) * 1e6 / rate
         log(
-            f"relay x{n:<5} direct : {_brief(direct, n)}, fake "
+            f"relay x{n:<5} direct     : {_brief(direct, n)}, fake "
             f"{_us(direct['fake_us_per_chunk'])} us/chunk at {rate:.0f} chunks/s"
         )
-        for name, port in relays.items():
+        for name, (proc, native) in RELAYS.items():
             if name not in climbing:
                 continue
             await asyncio.sleep(0.5)
-            row = _judge(n, direct, await measure(port, gateway=True, streams=n, **args), name)
+            m = await measure(procs[proc].port, gateway=native, streams=n, **args)
+            row = _judge(n, direct, m, name, proc)
             rows[name].append(row)
             us, rate = row[f"{name}_us_per_chunk"], row["offered_per_s"]
             log(
-                f"relay x{n:<5} {name:<7}: {_brief(row['relayed'], n)}, cpu "
+                f"relay x{n:<5} {name:<11}: {_brief(row['relayed'], n)}, cpu "
                 f"{_share(row[f'{name}_share'])} ({us:.0f} us/chunk at {rate:.0f} chunks/s) "
                 f"-> {_verdict(row)}"
             )
@@ -270,7 +365,7 @@ async def _ladder(
             await asyncio.sleep(1.0)  # let the relay close the upstream streams
         if not climbing:
             break
-    return rows["gateway"], rows["floor"]
+    return rows
 
 
 def _limit(rows: list[dict[str, Any]]) -> tuple[str, int | None, int]:
@@ -319,19 +414,40 @@ def _client_bound(row: dict[str, Any]) -> bool:
     return not row["direct_stable"]
 
 
+def _side(rows: list[dict[str, Any]], banner: str, label: str) -> dict[str, Any]:
+    """One relay's ladder beside the gateway's: its rows, largest stable level and limit."""
+    limit, stop, best = _limit(rows)
+    return {
+        "levels": rows,
+        "max_stable": best,
+        "stopped_at": stop,
+        "limit": label if limit == "relay" else limit,
+        "server": banner,
+    }
+
+
 def relay_ladder(quick: bool) -> dict[str, Any]:
     levels = RELAY_LADDER_QUICK if quick else RELAY_LADDER
     chunks = RELAY_CHUNKS[0] if quick else RELAY_CHUNKS[1]
     started = time.monotonic()
     with Fake(chunks) as fake:
         upstream = f"http://127.0.0.1:{fake.port}"
-        with Gateway(upstream) as gateway, RawRelay(upstream) as floor:
-            rows, floor_rows = run_client(_ladder(fake, gateway, floor, levels, chunks))
-            banner, floor_banner, fake_banner = gateway.banner, floor.banner, fake.banner
-    limit, stop, best = _limit(rows)
-    floor_limit, floor_stop, floor_best = _limit(floor_rows)
+        with (
+            Gateway(upstream) as gateway,
+            AiohttpRelay(upstream) as aiohttp_relay,
+            RawRelay(upstream) as floor,
+        ):
+            procs: dict[str, Gateway] = {
+                "gateway": gateway,
+                "aiohttp": aiohttp_relay,
+                "floor": floor,
+            }
+            rows = run_client(_ladder(fake, procs, levels, chunks))
+            banners = {name: proc.banner for name, proc in procs.items()}
+            fake_banner = fake.banner
+    limit, stop, best = _limit(rows["gateway"])
     return {
-        "levels": rows,
+        "levels": rows["gateway"],
         "max_stable": best,
         "stopped_at": stop,
         "limit": "gateway" if limit == "relay" else limit,
@@ -339,29 +455,67 @@ def relay_ladder(quick: bool) -> dict[str, Any]:
         "interval_ms": RELAY_INTERVAL_MS,
         "chunks_per_stream": chunks,
         "warm_chunks": RELAY_WARM,
-        "gateway": banner,
+        "gateway": banners["gateway"],
         "fake": fake_banner,
-        "floor": {
-            "levels": floor_rows,
-            "max_stable": floor_best,
-            "stopped_at": floor_stop,
-            "limit": "floor" if floor_limit == "relay" else floor_limit,
-            "server": floor_banner,
-        },
+        "floor": _side(rows["floor"], banners["floor"], "floor"),
+        "aiohttp": _side(rows["aiohttp"], banners["aiohttp"], "aiohttp relay"),
+        "completions": _side(rows["completions"], banners["gateway"], "gateway"),
         "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _held(r: dict[str, Any]) -> bool:
+    """Every idle stream was ready, got a heartbeat and was still open at the end."""
+    n = r["clients"]
+    return "error" not in r and r["ready"] == r["got_heartbeat"] == r["still_open"] == n
+
+
+def _idle_checks(results: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Issue 17's idle rows: the gateway beside plain aiohttp, and max_tokens' (no) weight."""
+    by = {
+        kind: {r["clients"]: r for r in rows if "kib_per_conn" in r}
+        for kind, rows in results.items()
+    }
+    native, plain, long = by.get("native", {}), by.get("aiohttp-plain", {}), by.get("native-1m", {})
+    return {
+        "vs_plain": [
+            {
+                "clients": n,
+                "native_kib": native[n]["kib_per_conn"],
+                "plain_kib": plain[n]["kib_per_conn"],
+                "held": _held(native[n]) and _held(plain[n]),
+            }
+            for n in sorted(native.keys() & plain.keys())
+        ],
+        "max_tokens": [
+            {
+                "clients": n,
+                "small_kib": native[n]["kib_per_conn"],
+                "large_kib": long[n]["kib_per_conn"],
+                "held": _held(long[n]),
+            }
+            for n in sorted(native.keys() & long.keys())
+        ],
     }
 
 
 def main(quick: bool = False) -> dict[str, Any]:
     idle_levels = (1000,) if quick else (1000, 5000, 10000)
-    idle_kinds = ("native", "raw") if quick else SERVERS
+    # The variants at the levels issue 17 names (1k and 10k; 1k in --quick).
+    variant_levels = (1000,) if quick else (1000, 10000)
+    idle_kinds = (
+        ("native", "native-1m", "native-bare", "aiohttp-plain", "raw")
+        if quick
+        else ("native", "native-1m", "native-bare", *SERVERS[1:])
+    )
     chunks = 50 if quick else 100  # per paced mock stream: 1 s or 2 s at 20 ms
     peer_level = 500 if quick else 1000
 
     idle_results: dict[str, list[dict[str, Any]]] = {}
     for kind in idle_kinds:
         idle_results[kind] = []
-        for level in idle_levels:
+        levels = idle_levels if kind not in ("native-1m", "native-bare") else variant_levels
+        for level in levels:
             try:
                 r = idle(kind, level)
             except Exception as exc:  # report it and go on with the next
@@ -372,14 +526,18 @@ def main(quick: bool = False) -> dict[str, Any]:
             log(
                 f"idle {kind:>13} x{level:<5}: {r['kib_per_conn']:6.2f} KiB/conn, "
                 f"ready {r['ready']}, heartbeat {r['got_heartbeat']}, open {r['still_open']}"
+                + (f", /metrics {r['metrics_status']}" if "metrics_status" in r else "")
             )
 
     relay = relay_ladder(quick)
-    floor = relay["floor"]
     log(
-        f"relay ladder: largest stable level: gateway {relay['max_stable']} "
-        f"(limit: {relay['limit']}), raw relay floor {floor['max_stable']} "
-        f"(limit: {floor['limit']}), in {relay['seconds']} s"
+        f"relay ladder: largest stable level: "
+        f"{RELAY_NAMES['gateway']} {relay['max_stable']} (limit: {relay['limit']}), "
+        + ", ".join(
+            f"{RELAY_NAMES[name]} {relay[name]['max_stable']} (limit: {relay[name]['limit']})"
+            for name in ("completions", "aiohttp", "floor")
+        )
+        + f", in {relay['seconds']} s"
     )
 
     mock: dict[str, Any] = {"level": peer_level, "chunks_per_stream": chunks, "servers": {}}
@@ -398,6 +556,7 @@ def main(quick: bool = False) -> dict[str, Any]:
         "heartbeat_s": HEARTBEAT,
         "interval_ms": INTERVAL_MS,
         "idle": idle_results,
+        "idle_checks": _idle_checks(idle_results),
         "relay": relay,
         "mock": mock,
         "idle_summary": {
@@ -524,76 +683,175 @@ def _us(v: float | None) -> str:
     return "n/a" if v is None or v != v else f"{v:.0f}"
 
 
-def _floor_markdown(relay: dict[str, Any]) -> list[str]:
-    floor = relay.get("floor")
-    if not floor:
-        return []
-    best, limit, stop = floor["max_stable"], floor["limit"], floor["stopped_at"]
+def _where(side: dict[str, Any], bound: int, name: str) -> str:
+    """Where one relay's climb ended, in words."""
+    limit, stop = side["limit"], side["stopped_at"]
     if limit == "bound":
-        where = f"every level up to the bound, {relay['bound']}, was stable"
-    elif limit == "client":
-        where = f"at {stop} CPU 1 (the fake and the client) could not offer the load"
-    else:
-        where = f"at {stop} the raw relay was the limit"
-    gateway = {x["streams"]: x for x in relay["levels"]}
-    both = [x for x in floor["levels"] if x["streams"] in gateway]
+        return f"every level up to the bound, {bound}, was stable"
+    if limit == "client":
+        return f"at {stop} CPU 1 (the fake and the client) could not offer the load"
+    return f"at {stop} the {name} was the limit"
+
+
+def _full(row: dict[str, Any] | None, name: str) -> bool:
+    """The relay used most of its core: chunks queue while it is busy, so one read can
+    carry several and its CPU per chunk falls below its unloaded cost."""
+    share = None if row is None else row.get(f"{name}_share")
+    return share is not None and share == share and share >= MAX_CPU_SHARE
+
+
+def _cell(row: dict[str, Any] | None, name: str) -> str:
+    """One relay at one level: us per chunk, p99 and the verdict."""
+    if row is None:
+        return "not measured"
+    p99 = row["relayed"].get("p99")
+    p99_text = "n/a" if p99 is None or p99 != p99 else f"{p99:.1f}"
+    full = ", core full" if _full(row, name) else ""
+    return f"{_us(row.get(f'{name}_us_per_chunk'))} (p99 {p99_text}{full}, {_verdict(row)})"
+
+
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, na: str, nb: str) -> str:
+    x = None if a is None else a.get(f"{na}_us_per_chunk")
+    y = None if b is None else b.get(f"{nb}_us_per_chunk")
+    if not x or not y or x != x or y != y:
+        return "n/a"
+    return f"{x / y:.2f}" + ("*" if _full(a, na) or _full(b, nb) else "")
+
+
+def _floor_markdown(relay: dict[str, Any]) -> list[str]:
+    """The gateway's two routes beside the aiohttp passthrough and the raw relay floor."""
+    if not relay.get("floor"):
+        return []
+    sides = {"gateway": relay} | {
+        name: relay[name] for name in ("completions", "aiohttp", "floor") if relay.get(name)
+    }
+    by = {name: {x["streams"]: x for x in side["levels"]} for name, side in sides.items()}
+    largest = ", ".join(f"{RELAY_NAMES[name]} {side['max_stable']}" for name, side in sides.items())
+    where = "; ".join(
+        f"{RELAY_NAMES[name]}: {_where(side, relay['bound'], RELAY_NAMES[name])}"
+        for name, side in sides.items()
+        if name != "gateway"
+    )
     ratio = ""
-    if both:
-        x = both[-1]
-        g_us, f_us = gateway[x["streams"]].get("gateway_us_per_chunk"), x.get("floor_us_per_chunk")
-        if g_us and f_us and g_us == g_us and f_us == f_us:
+    if "aiohttp" in by:
+        peer = by.get("completions", by["gateway"])
+        both = sorted(by["aiohttp"].keys() & peer.keys())
+        # The largest level where neither used a full core (else the largest both measured).
+        clean = [
+            n
+            for n in both
+            if not _full(by["aiohttp"][n], "aiohttp")
+            and not _full(peer[n], "completions" if "completions" in by else "gateway")
+        ]
+        if both:
+            n = (clean or both)[-1]
+            a = by["aiohttp"][n]
             ratio = (
-                f" At {x['streams']} streams, the largest level both measured, the gateway used "
-                f"{g_us:.0f} us of CPU per relayed chunk and the floor {f_us:.0f} us "
-                f"({g_us / f_us:.1f}x)."
+                f" At {n} streams, the largest level both measured"
+                + (" with neither using a full core" if clean else "")
+                + ", the aiohttp relay used "
+                f"{_us(a.get('aiohttp_us_per_chunk'))} us of CPU per relayed chunk; the gateway "
+                f"{_us(by.get('completions', {}).get(n, {}).get('completions_us_per_chunk'))} on "
+                f"the completions route (ratio "
+                f"{_ratio(by.get('completions', {}).get(n), a, 'completions', 'aiohttp')}) and "
+                f"{_us(by['gateway'].get(n, {}).get('gateway_us_per_chunk'))} on the native "
+                f"route (ratio {_ratio(by['gateway'].get(n), a, 'gateway', 'aiohttp')})."
             )
+    heads = [name for name in RELAYS if name in sides]
     lines = [
         "",
-        "Relay floor: the same ladder through `benchmarks/servers/raw_relay.py` (a raw asyncio "
-        "Protocol on uvloop, CPU 0, `OPENAI_BASE_URL` at the same fake: per stream one upstream "
-        "connection, the chunked body de-chunked, the content string sliced out of each "
-        "chunk's bytes and written as one SSE event per upstream read from the protocol "
-        "callbacks; no JSON parsing, validation, memory, heartbeats or timeouts), measured "
-        "right after the gateway at each level against the same direct floor, with the same "
-        "rule; it climbs until its own first unstable level. What any Python relay pays on "
-        "this machine for the read and the write per chunk. "
-        f"**Largest stable level: gateway {relay['max_stable']}, raw relay floor {best}** "
-        f"(floor: {where}).{ratio}",
+        "Relays compared: the same ladder, at each level right after the gateway's native "
+        "route, through the gateway's `POST /v1/chat/completions` (the OpenAI dialect in and "
+        "out; it keeps no stream log, only native streams are resumable), through "
+        "`benchmarks/servers/aiohttp_relay.py` (issue 17's yardstick: an aiohttp app that "
+        "sends each client request over one shared `ClientSession` and writes every read of "
+        "the upstream body to the client unchanged, `iter_any()` then `response.write()`, "
+        "no parsing; the like-for-like peer of the completions route) and through "
+        "`benchmarks/servers/raw_relay.py` (the floor: a raw asyncio Protocol on uvloop, per "
+        "stream one upstream connection, the content string sliced out of each chunk's bytes "
+        "and written as one SSE event per upstream read from the protocol callbacks; no JSON "
+        "parsing, validation, memory, heartbeats or timeouts: what any Python relay pays on "
+        "this machine for the read and the write per chunk). Each relay is started like the "
+        "gateway (CPU 0, `OPENAI_BASE_URL` at the same fake), judged by the same rule against "
+        "the same direct floor, and climbs until its own first unstable level. The gateway "
+        "runs as the ladder above does (`serve` defaults: stream log and metrics on, no keys; "
+        "`bench_features` adds keys and each feature's share). "
+        f"**Largest stable level: {largest}** ({where}).{ratio}",
         "",
-        "| streams | floor: complete | p50 / p99 / max ms | fake pace ms | chunks/s | floor CPU "
-        "| floor us per chunk | gateway us per chunk | CPU 1 | stable (floor) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "Cells: us of CPU per relayed chunk (p99 delay ms, stable); direct p99: the same "
+        "streams read straight from the fake at that level (a relay's added p99 is its p99 "
+        "minus this). Ratios: us per chunk over "
+        f"the aiohttp relay's at the same level. *Core full* (and * on a ratio): a relay used "
+        f">= {MAX_CPU_SHARE:.0%} of its core; chunks queue while it is busy and one read can "
+        "carry several, so its CPU per chunk falls below its unloaded cost and the ratio "
+        "is not like for like: read the levels without it.",
+        "",
+        "| streams | direct p99 ms | "
+        + " | ".join(RELAY_NAMES[name] for name in heads)
+        + (" | completions / aiohttp | native / aiohttp |" if "aiohttp" in by else " |"),
+        "|---:|---:|" + "---|" * len(heads) + ("---:|---:|" if "aiohttp" in by else ""),
     ]
-    for x in floor["levels"]:
-        n, f = x["streams"], x["relayed"]
-        g = gateway.get(n, {}).get("gateway_us_per_chunk")
-        rate = x.get("offered_per_s")
-        lines.append(
-            f"| {n} | {n - f['incomplete']} | {_ms(f)} | {_pace(f)} | "
-            f"{'n/a' if rate is None else format(rate, ',.0f')} | "
-            f"{_share(x.get('floor_share'))} | {_us(x.get('floor_us_per_chunk'))} | "
-            f"{'not measured' if n not in gateway else _us(g)} | "
-            f"{_share(_cpu1(f['cpu_share']))} | {_verdict(x)} |"
-        )
+    levels = sorted(set().union(*(rows.keys() for rows in by.values())))
+    for n in levels:
+        first = next(by[name][n] for name in heads if n in by[name])
+        direct_p99 = first["direct"].get("p99")
+        cells = ["n/a" if direct_p99 is None else f"{direct_p99:.1f}"]
+        cells += [_cell(by[name].get(n), name) for name in heads]
+        if "aiohttp" in by:
+            a = by["aiohttp"].get(n)
+            cells.append(_ratio(by.get("completions", {}).get(n), a, "completions", "aiohttp"))
+            cells.append(_ratio(by["gateway"].get(n), a, "gateway", "aiohttp"))
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _idle_checks_markdown(r: dict[str, Any]) -> list[str]:
+    checks = r.get("idle_checks")
+    if not checks:
+        return []
+    lines = []
+    for x in checks["vs_plain"]:
+        ok = x["native_kib"] <= x["plain_kib"] and x["held"]
+        lines.append(
+            f"- {x['clients']:,} idle streams, sse-engine (log and metrics on) vs plain aiohttp "
+            f"StreamResponse: {x['native_kib']:.2f} vs {x['plain_kib']:.2f} KiB per stream "
+            f"({'all held' if x['held'] else 'NOT all held'}): "
+            f"{'yes' if ok else 'no'}, stretch 8 KiB: "
+            f"{'yes' if x['native_kib'] <= 8 else 'no'}."
+        )
+    for x in checks["max_tokens"]:
+        lines.append(
+            f"- {x['clients']:,} idle streams of the mock, max_tokens=1,000,000 vs 3: "
+            f"{x['large_kib']:.2f} vs {x['small_kib']:.2f} KiB per stream "
+            f"({x['large_kib'] - x['small_kib']:+.2f}), "
+            f"{'all held' if x['held'] else 'NOT all held'}."
+        )
+    return ["Issue 17's idle checks:", "", *lines, ""] if lines else []
 
 
 def markdown(r: dict[str, Any]) -> str:
     lines = [
-        f"Idle streams: heartbeat every {r['heartbeat_s']:g} s; RSS measured before connecting "
-        "and after a heartbeat period (peak of the two readings after connecting).",
+        f"Idle streams: heartbeat every {r['heartbeat_s']:g} s; each stream sends its first "
+        "chunk of the mock (`max_tokens=3`, `interval_ms=60000`) and goes quiet; RSS measured "
+        "before connecting and after a heartbeat period (peak of the two readings after "
+        "connecting). sse-engine runs with `--resume on --metrics on` (the stream log and "
+        "metrics, the defaults; `/metrics` answered as shown), beside the same with both off "
+        "and the same stream asking for `max_tokens=1000000`.",
         "",
         "| server | streams | ready | got a heartbeat | still open | RSS before MiB | "
         "RSS after MiB | KiB per stream | connect s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for kind, rows in r["idle"].items():
+        label = IDLE_LABELS.get(kind, kind)
+        if rows and "metrics_status" in rows[0]:
+            label += f" (/metrics {rows[0]['metrics_status']})"
         for x in rows:
             if "error" in x:
-                lines.append(f"| {LABELS[kind]} | {x['clients']} | failed: {x['error']} |")
+                lines.append(f"| {label} | {x['clients']} | failed: {x['error']} |")
                 continue
             lines.append(
-                f"| {LABELS[kind]} | {x['clients']} | {x['ready']} | {x['got_heartbeat']} | "
+                f"| {label} | {x['clients']} | {x['ready']} | {x['got_heartbeat']} | "
                 f"{x['still_open']} | {x['rss_before_kib'] / 1024:.1f} | "
                 f"{x['rss_after_kib'] / 1024:.1f} | {x['kib_per_conn']:.2f} | "
                 f"{x['connect_s']:.1f} |"
@@ -602,8 +860,9 @@ def markdown(r: dict[str, Any]) -> str:
     lines += [
         "",
         "KiB per idle stream across levels (median, min-max): "
-        + "; ".join(f"{LABELS[k]} {fmt_range(v, '.2f')}" for k, v in summ.items()),
+        + "; ".join(f"{IDLE_LABELS.get(k, k)} {fmt_range(v, '.2f')}" for k, v in summ.items()),
         "",
+        *_idle_checks_markdown(r),
     ]
     if "relay" in r:
         lines += _relay_markdown(r["relay"]) + _floor_markdown(r["relay"])
@@ -706,6 +965,17 @@ def plot(r: dict[str, Any], outdir: Any) -> list[str]:
                 color="black",
                 linestyle="-.",
                 label=f"{floor[-1]['streams']} via the raw relay floor (p99 {p99})",
+            )
+        aio = relay.get("aiohttp", {}).get("levels")
+        if aio and aio[-1]["relayed"].get("cdf_ms"):
+            a = aio[-1]["relayed"]
+            p99 = "n/a" if a["p99"] is None else f"{a['p99']:.1f}"
+            _cdf(
+                ax,
+                a["cdf_ms"],
+                color="tab:brown",
+                linestyle="--",
+                label=f"{aio[-1]['streams']} via the aiohttp relay (p99 {p99})",
             )
         ax.axvline(STABLE_P99_MS, color="grey", linestyle="--", linewidth=1)
         paths.append(

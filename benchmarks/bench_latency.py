@@ -168,16 +168,17 @@ def on_cpu(cpu: int) -> Iterator[None]:
 # -- the client --------------------------------------------------------------------
 
 
-def _request(gateway: bool) -> bytes:
+def _request(gateway: bool, headers: dict[str, str] | None = None) -> bytes:
     if gateway:
         path = "/v1/chat/stream"
         body = b'{"messages":[{"role":"user","content":"stamp"}],"provider":"openai"}'
     else:
         path = "/v1/chat/completions"
         body = b'{"model":"m","messages":[{"role":"user","content":"stamp"}],"stream":true}'
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     return (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n"
     ).encode() + body
 
 
@@ -247,13 +248,15 @@ async def measure(
     warm: int | None = None,
     cpu: dict[str, int] | None = None,
     cdf: int = 0,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """``streams`` streams started over one cadence period; percentiles (ms) after warm-up.
 
     ``warm``: chunks per stream not counted (default: ``WARM`` by level). ``cpu``:
     processes (name: pid) whose CPU share is read over the counted part of the streams,
     reported with this process's (``client``) as ``cpu_share``. ``cdf``: also return about
-    that many evenly spaced sorted delays (``cdf_ms``). ``pace_p50``/``pace_max``: the
+    that many evenly spaced sorted delays (``cdf_ms``). ``headers``: sent with each
+    request (a client key). ``pace_p50``/``pace_max``: the
     fake's own mean interval per stream between counted stamps, over the streams (it
     stamps at write, so a fake short of CPU shows here, not in the delays). A stream that
     cannot connect (``errors``), fails or is still running at the deadline
@@ -261,7 +264,7 @@ async def measure(
     """
     loop = asyncio.get_running_loop()
     skip = WARM.get(streams, 10) if warm is None else warm
-    request = _request(gateway)
+    request = _request(gateway, headers)
     latencies: list[float] = []
     conns: list[_StampConn] = []
     step = INTERVAL_MS / 1000 / streams
