@@ -143,7 +143,7 @@ class Relay(Gateway):
 
 
 #: Sent with every measured request: the gateways with keys on need it, the others ignore it.
-KEYED = {"Authorization": f"Bearer {BENCH_KEY}"}
+KEY_HEADERS = {"Authorization": f"Bearer {BENCH_KEY}"}
 
 
 def _http(
@@ -198,7 +198,7 @@ async def _one(port: int, pid: int, native: bool, chunks: int) -> dict[str, Any]
         chunks=chunks,
         warm=WARM,
         cpu={"relay": pid},
-        headers=KEYED,
+        headers=KEY_HEADERS,
     )
     await asyncio.sleep(0.5)  # the relay closes its streams (counted in all-in)
     spent = cpu_seconds(pid) - before
@@ -223,7 +223,9 @@ async def _rounds(
 ) -> dict[str, list[dict[str, Any]]]:
     for server, native in CONFIGS.values():  # connections, imports
         s = servers[server]
-        await measure(s.port, gateway=native, streams=10, chunks=chunks, warm=WARM, headers=KEYED)
+        await measure(
+            s.port, gateway=native, streams=10, chunks=chunks, warm=WARM, headers=KEY_HEADERS
+        )
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
     names = list(CONFIGS)
     for r in range(rounds):
