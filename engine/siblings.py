@@ -26,7 +26,7 @@ Without Redis the workers of one box find each other here:
   is answered by the worker it reached: 404, like any unknown stream.
 
 The routes forwarded: those with a ``{stream_id}`` (resume, Stop) or a
-``{response_id}`` (``/v1/responses``, once its ids carry the tag too), and
+``{response_id}`` (``/v1/responses``: its ids carry the tag too), and
 ``/v1/chat/stream`` with ``Last-Event-ID``. Only a request naming another
 worker's tag pays anything: a dict lookup and a regular expression.
 

@@ -581,3 +581,209 @@ async def test_the_engine_uses_the_redis_registry_only_with_a_stream_log(gateway
     off = await gateway(None)
     assert isinstance(on.engine.registry, RedisRegistry)
     assert not isinstance(off.engine.registry, RedisRegistry)
+
+
+# -- /v1/responses across boxes ------------------------------------------------------
+
+
+def sdk(client, key: str = "unused"):
+    """The official OpenAI SDK pointed at one box."""
+    import openai
+
+    return openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key=key, max_retries=0)
+
+
+def shared_memory(tmp_path) -> dict[str, str]:
+    """One memory for both boxes (stored responses): a SQLite file they both open."""
+    return {"memory_url": f"sqlite:///{tmp_path}/memory.db"}
+
+
+async def held_response(a, count: int, headers=None):
+    """A streamed response on box A, read until ``count`` events; (its id, the events,
+    the open response, its decoder), once what A logged is in Redis."""
+    body = {"model": "mock/x", "input": "hi", "stream": True}
+    resp = await a.post("/v1/responses", json=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    seen, decoder = await read_until(resp, count)
+    await written(a)
+    return json.loads(seen[0].data)["response"]["id"], seen, resp, decoder
+
+
+def sequence(got) -> list[int]:
+    return [json.loads(e.data)["sequence_number"] for e in got]
+
+
+async def test_a_response_resumed_on_the_other_box_replays_then_follows_it_live(gateway, url):
+    gate = asyncio.Event()
+    a, b = await boxes(gateway, url, ScriptedProvider(TOKENS, gate=gate, hold_from=3))
+    rid, seen, first, decoder = await held_response(a, 7)  # (through the third delta)
+    assert seen[-1].event == "response.output_text.delta"
+    assert rid.startswith("resp_") and "-w" not in rid  # (one worker: no tag)
+    resumed = await b.get(f"/v1/responses/{rid}", params={"stream": "true", "starting_after": "2"})
+    assert resumed.status == 200
+    assert resumed.headers["Content-Type"].startswith("text/event-stream")
+    replay, resumed_decoder = await read_until(resumed, len(seen) - 3)
+    gate.set()
+    rest = replay + resumed_decoder.feed(await resumed.read())
+    whole = seen + decoder.feed(await first.read())
+    # Exactly what A sent after event 2: the same names, the same bytes, numbered on.
+    assert [(e.event, e.data) for e in rest] == [(e.event, e.data) for e in whole[3:]]
+    assert sequence(rest) == list(range(3, len(whole)))
+    assert rest[-1].event == "response.completed"
+    # The SDK resumes there the same way, once it ended.
+    client = sdk(b)
+    async with client:
+        again = await client.responses.retrieve(rid, stream=True, starting_after=len(whole) - 3)
+        tail = [event async for event in again]
+    assert [e.sequence_number for e in tail] == [len(whole) - 2, len(whole) - 1]
+    assert tail[-1].type == "response.completed"
+    assert tail[-1].response.output_text == "".join(TOKENS)
+
+
+@pytest.mark.parametrize("memory", ["shared", "own"])
+async def test_a_cancel_on_the_other_box_stops_the_producer_and_answers_cancelled(
+    gateway, url, tmp_path, memory
+):
+    """With one memory B answers the stored response; with each box its own, the
+    object the response's last event carries in the log: the same either way."""
+    gate = asyncio.Event()
+    provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
+    config = shared_memory(tmp_path) if memory == "shared" else {}
+    a, b = await boxes(gateway, url, provider, **config)
+    rid, _, first, decoder = await held_response(a, 6)  # (through the second delta)
+    client = sdk(b)
+    async with client:
+        cancelled = await client.responses.cancel(rid)
+        assert provider.closed.is_set()  # the upstream was closed before the answer
+        assert provider.sent == 2
+        assert cancelled.id == rid and cancelled.status == "cancelled"
+        assert cancelled.output_text == "t0 t1 "
+        rest = decoder.feed(await first.read())
+        assert rest[-1].event == "response.incomplete"
+        final = json.loads(rest[-1].data)["response"]
+        assert cancelled.model_dump(mode="json", exclude_unset=True) == final
+        # Cancelling it again answers it as it ended: an ended response is the store's,
+        # so on B only with the memory shared (with its own, B knows it no more than a GET).
+        if memory == "shared":
+            assert (await client.responses.cancel(rid)).status == "cancelled"
+            got = await client.responses.retrieve(rid)
+            assert got.status == "cancelled" and got.output_text == "t0 t1 "
+        else:
+            import openai
+
+            for ask in (client.responses.cancel, client.responses.retrieve):
+                with pytest.raises(openai.NotFoundError):
+                    await ask(rid)
+    resp = await a.post(f"/v1/responses/{rid}/cancel")
+    assert (await resp.json())["status"] == "cancelled"
+
+
+async def test_a_response_generating_on_one_box_is_in_progress_on_the_other(gateway, url, tmp_path):
+    gate = asyncio.Event()
+    provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
+    a, b = await boxes(gateway, url, provider, **shared_memory(tmp_path))
+    rid, _, first, _ = await held_response(a, 6)
+    client = sdk(b)
+    async with client:
+        polled = await client.responses.retrieve(rid)
+        assert polled.status == "in_progress"
+        assert polled.output_text == "t0 t1 "  # its output so far, as its own box shows it
+        on_a = await (await a.get(f"/v1/responses/{rid}")).json()
+        assert await (await b.get(f"/v1/responses/{rid}")).json() == on_a
+        # Its input items are stored with the reply: until then only its box lists them.
+        assert (await a.get(f"/v1/responses/{rid}/input_items")).status == 200
+        gate.set()
+        whole = events(await first.read())
+        assert whole[-1].event == "response.completed"
+        done = await client.responses.retrieve(rid)
+        assert done.status == "completed" and done.output_text == "".join(TOKENS)
+        items = await client.responses.input_items.list(rid)
+        assert [item.content[0].text for item in items.data] == ["hi"]
+        assert (
+            done.model_dump(mode="json", exclude_unset=True)
+            == json.loads(whole[-1].data)["response"]
+        )
+
+
+async def test_a_response_ended_elsewhere_with_store_false_stays_unknown(gateway, url, tmp_path):
+    a, b = await boxes(gateway, url, ScriptedProvider(TOKENS), **shared_memory(tmp_path))
+    body = {"model": "mock/x", "input": "hi", "stream": True, "store": False}
+    resp = await a.post("/v1/responses", json=body)
+    rid = json.loads(events(await resp.read())[0].data)["response"]["id"]
+    await written(a)
+    for box in (a, b):
+        resp = await box.get(f"/v1/responses/{rid}")
+        assert resp.status == 404, box
+        assert (await resp.json())["error"]["code"] == "response_not_found"
+    # (Its events are still there to stream again, as on its own box.)
+    resp = await b.get(f"/v1/responses/{rid}", params={"stream": "true"})
+    assert events(await resp.read())[-1].event == "response.completed"
+
+
+async def test_a_delete_on_the_other_box_stops_the_response_and_forgets_it(gateway, url, tmp_path):
+    gate = asyncio.Event()
+    provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
+    a, b = await boxes(gateway, url, provider, **shared_memory(tmp_path))
+    rid, _, first, decoder = await held_response(a, 6)
+    resp = await b.delete(f"/v1/responses/{rid}")
+    assert resp.status == 200
+    assert await resp.json() == {"id": rid, "object": "response", "deleted": True}
+    assert provider.closed.is_set()
+    assert decoder.feed(await first.read())[-1].event == "response.incomplete"
+    # Its partial reply was stored before the delete, not after it.
+    for box in (a, b):
+        assert (await box.get(f"/v1/responses/{rid}")).status == 404
+        assert (await box.delete(f"/v1/responses/{rid}")).status == 404
+
+
+async def test_another_keys_response_is_404_on_every_box(gateway, url, tmp_path):
+    alice, bob = (
+        "sk-sse-alice-0123456789abcdefghijklmnop",
+        "sk-sse-bob-0123456789abcdefghijklmnopqr",
+    )
+    keys = {"alice": {"hash": hash_key(alice)}, "bob": {"hash": hash_key(bob)}}
+    gate = asyncio.Event()
+    provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
+    a, b = await boxes(gateway, url, provider, keys=keys, **shared_memory(tmp_path))
+    as_alice, as_bob = ({"Authorization": f"Bearer {key}"} for key in (alice, bob))
+    rid, _, first, decoder = await held_response(a, 6, headers=as_alice)
+    for box in (a, b):
+        for method, path, params in (
+            ("GET", f"/v1/responses/{rid}", {}),
+            ("GET", f"/v1/responses/{rid}", {"stream": "true", "starting_after": "1"}),
+            ("GET", f"/v1/responses/{rid}/input_items", {}),
+            ("POST", f"/v1/responses/{rid}/cancel", {}),
+            ("DELETE", f"/v1/responses/{rid}", {}),
+        ):
+            resp = await box.request(method, path, params=params, headers=as_bob)
+            assert resp.status == 404, (method, path, params, await resp.text())
+    assert not provider.closed.is_set()  # still generating: Bob's cancel stopped nothing
+    resp = await b.get(f"/v1/responses/{rid}", headers=as_alice)
+    assert (await resp.json())["status"] == "in_progress"
+    resp = await b.post(f"/v1/responses/{rid}/cancel", headers=as_alice)
+    assert (await resp.json())["status"] == "cancelled"
+    assert decoder.feed(await first.read())[-1].event == "response.incomplete"
+    for box in (a, b):  # ended, it is still only Alice's
+        assert (await box.get(f"/v1/responses/{rid}", headers=as_bob)).status == 404
+
+
+async def test_a_background_response_is_polled_and_streamed_from_the_other_box(
+    gateway, url, tmp_path
+):
+    gate = asyncio.Event()
+    provider = ScriptedProvider(TOKENS, gate=gate, hold_from=2)
+    a, b = await boxes(gateway, url, provider, **shared_memory(tmp_path))
+    async with sdk(a) as on_a, sdk(b) as on_b:
+        created = await on_a.responses.create(model="mock/x", input="hi", background=True)
+        assert created.status == "queued"
+        await provider.started.wait()
+        await written(a)
+        polled = await on_b.responses.retrieve(created.id)
+        assert polled.status == "in_progress" and polled.background is True
+        gate.set()
+        stream = await on_b.responses.retrieve(created.id, stream=True, starting_after=0)
+        got = [event async for event in stream]
+        assert [e.sequence_number for e in got] == list(range(1, len(got) + 1))
+        assert got[0].type == "response.queued" and got[-1].type == "response.completed"
+        done = await on_b.responses.retrieve(created.id)
+        assert done.status == "completed" and done.output_text == "".join(TOKENS)

@@ -674,3 +674,88 @@ def test_all_matches_the_public_names(name):
     }
     public = {key for key in defined_here | constants if not key.startswith("_")}
     assert sorted(module.__all__) == sorted(public)
+
+
+# -- /v1/responses on any worker ---------------------------------------------------------
+
+
+async def sdk_on_worker(url: str, slot: int, key: str = ALICE):
+    """The official OpenAI SDK over one kept-alive connection that reaches worker ``slot``
+    (as :func:`on_worker`, through the SDK's own HTTP client)."""
+    import httpx2
+    import openai
+
+    limits = httpx2.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=120)
+    for _ in range(200):
+        http = httpx2.AsyncClient(limits=limits, headers=auth(key))
+        answered = (await http.get(f"{url}/healthz")).json()["worker"]
+        if answered == slot:
+            client = openai.AsyncOpenAI(
+                base_url=f"{url}/v1", api_key=key, max_retries=0, http_client=http
+            )
+            client.http = http  # (to ask /healthz again)
+            return client
+        await http.aclose()
+    raise AssertionError(f"no connection reached worker {slot} in 200 tries")
+
+
+async def test_a_response_is_retrieved_resumed_cancelled_and_deleted_through_the_other_worker(
+    keyed,
+):
+    url = keyed.url
+    owner = await on_worker(url, 0)
+    other = await on_worker(url, 1)
+    bob = await on_worker(url, 1, headers=auth(BOB))
+    client = await sdk_on_worker(url, 1)
+    request = {"model": "mock", "input": "hi", "stream": True, "max_output_tokens": 500}
+    async with owner, other, bob, client:
+        async with owner.post(f"{url}/v1/responses", json=request) as resp:
+            assert resp.status == 200, await resp.text()
+            seen = await read_some(resp, 8)
+            rid = json.loads(seen[0].data)["response"]["id"]
+            assert re.fullmatch(r"resp_[0-9a-f]{32}-w0", rid)  # the tag says which worker
+            assert resp.headers["X-Stream-Id"] == rid
+
+            polled = await client.responses.retrieve(rid)
+            assert polled.id == rid and polled.status == "in_progress"
+            assert polled.output_text.startswith("You said: hi.")
+            # A resume through worker 1: the owner's own events, from where it was asked.
+            async with other.get(
+                f"{url}/v1/responses/{rid}", params={"stream": "true", "starting_after": "3"}
+            ) as resumed:
+                assert resumed.status == 200
+                again = await read_some(resumed, len(seen) - 4)
+            assert [(e.event, e.data) for e in again[: len(seen) - 4]] == [
+                (e.event, e.data) for e in seen[4:]
+            ]
+            assert json.loads(again[0].data)["sequence_number"] == 4
+            items = await client.responses.input_items.list(rid)
+            assert [item.content[0].text for item in items.data] == ["hi"]
+            # Another key: 404 through the other worker too, and nothing stopped.
+            for method, path in (("GET", rid), ("POST", f"{rid}/cancel"), ("DELETE", rid)):
+                async with bob.request(method, f"{url}/v1/responses/{path}") as denied:
+                    assert denied.status == 404, (method, path)
+            assert all(e.event != "response.incomplete" for e in await read_some(resp, 3))
+
+            cancelled = await client.responses.cancel(rid)
+            assert cancelled.status == "cancelled"
+            rest = [event async for event in iter_events(resp)]
+
+        final = json.loads(rest[-1].data)
+        assert rest[-1].event == "response.incomplete"
+        assert final["response"]["status"] == "cancelled"
+        assert final["sequence_number"] < 400  # cut short, not run to its 500 deltas
+        assert cancelled.output_text == final["response"]["output"][0]["content"][0]["text"]
+        got = await client.responses.retrieve(rid)
+        assert got.status == "cancelled" and got.output_text == cancelled.output_text
+        # The SDK resumes through worker 1 once it ended: the last events again.
+        last = final["sequence_number"]
+        tail = await client.responses.retrieve(rid, stream=True, starting_after=last - 2)
+        assert [event.sequence_number async for event in tail] == [last - 1, last]
+
+        await client.responses.delete(rid)
+        assert (await client.http.get(f"{url}/healthz")).json()["worker"] == 1  # (throughout)
+        for session in (owner, other):
+            async with session.get(f"{url}/v1/responses/{rid}") as gone:
+                assert gone.status == 404
+                assert (await gone.json())["error"]["code"] == "response_not_found"

@@ -29,6 +29,15 @@ connection can resume and get the rest); a ``background`` one
 ``max_detach`` seconds with nobody following or polling it; one not
 streamed stops when its client leaves. A response belongs to the client key
 that created it: another key gets 404 for it, live or stored.
+
+Any worker, any box: a response id ends with its worker's tag (``-w<slot>``
+under ``serve --workers N``), so a request for it that reaches a sibling is
+handed to its worker (engine.siblings). With the shared stream log
+(``--stream-log redis://...``) nothing is handed over: a resume follows the
+log's copy in Redis, a cancel stops the producer over the log's control
+channel, and a retrieve of a response still generated elsewhere answers it as
+its log shows it (engine.dialects.openai_responses.elsewhere); once it ended,
+the store answers, so the boxes share one memory for that.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from ..dialects.openai_responses import (
     ResponsesRequest,
     ResponseState,
     check,
+    elsewhere,
     error_answer,
     error_frame,
     generate,
@@ -61,7 +71,7 @@ from ..dialects.openai_responses import (
 from ..dialects.openai_responses import stored as stored_responses
 from ..dialects.openai_responses.objects import UnknownRoute
 from ..dialects.openai_responses.state import MAX_OUTPUT_CHARS
-from ..errors import BadRequest, InvalidFields, ResumeGap
+from ..errors import BadRequest, InvalidFields, ResumeGap, StreamLogUnavailable
 from ..gateway import ENGINE, Engine
 from ..memory import MemoryStore
 from ..middleware import SERVER_HEADER, error_dialect, expect_handler, principal
@@ -114,13 +124,39 @@ def _not_found(rid: str) -> ResponseNotFound:
     return ResponseNotFound(f"Response with id '{shown}' not found.")
 
 
+async def _load(
+    request: web.Request, rid: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """The stored response and its input items, or None (none, or not ended yet)."""
+    store = await request.app[ENGINE].open_memory()
+    return await stored_responses.load(store, _parent(request), rid)
+
+
 async def _stored(request: web.Request, rid: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The stored response and its input items; ResponseNotFound if there are none."""
-    store = await request.app[ENGINE].open_memory()
-    found = await stored_responses.load(store, _parent(request), rid)
+    found = await _load(request, rid)
     if found is None:
         raise _not_found(rid)
     return found
+
+
+def _elsewhere_possible(engine: Engine, rid: str) -> bool:
+    """True if another worker or box may be generating ``rid`` (a shared stream log,
+    and no log of it here: a response of this worker that is not live has ended)."""
+    registry = engine.registry
+    return bool(engine.config.stream_log) and registry is not None and registry.get(rid) is None
+
+
+async def _produced_elsewhere(request: web.Request, rid: str) -> StreamLog | None:
+    """The log copy of the request key's response ``rid`` that another worker or box
+    generates, if the shared stream log knows it (waiting, as a resume does, for one
+    started a moment ago). Raises StreamLogUnavailable (503) when Redis cannot tell."""
+    engine = request.app[ENGINE]
+    if not _elsewhere_possible(engine, rid):
+        return None
+    assert engine.registry is not None
+    log = await engine.registry.fetch(rid)
+    return log if log is not None and _may_see(request, log.owner) else None
 
 
 def _query(request: web.Request, allowed: frozenset[str]) -> dict[str, str]:
@@ -152,6 +188,17 @@ def _flag(query: dict[str, str], name: str) -> bool:
     if value not in ("true", "false", "1", "0"):
         raise InvalidFields(f"`{name}` must be true or false - at `$.{name}`")
     return value in ("true", "1")
+
+
+def _log_bound(engine: Engine) -> int:
+    """The bytes a response's log holds at most.
+
+    A response's last events each hold its whole output (OpenAI's `.done` events and
+    `response.completed`), all in one burst: its log must hold four outputs at once
+    beyond what a native stream's holds, or its own readers would find a gap there.
+    (Memory is taken only as written; the total bound still applies.)
+    """
+    return engine.config.resume_max_bytes + 4 * MAX_OUTPUT_CHARS
 
 
 def _event_stream(engine: Engine, request: web.Request, rid: str) -> EventStream:
@@ -236,7 +283,10 @@ async def _create(
     chat = ChatRequest(messages=[*system, *history, *messages], options=options)
     _, upstream, options = await admit(request, chat, provider, model)
 
-    rid = new_id("resp")
+    # The worker's tag (``-w<slot>`` under ``serve --workers N``), as on every stream
+    # id: a retrieve, resume, cancel or delete that reaches a sibling is handed to
+    # this worker (engine.siblings).
+    rid = new_id("resp") + engine.stream_tag
     background = bool(body.background)
     response = new_response(
         rid,
@@ -253,11 +303,7 @@ async def _create(
         # Resume off: a log all the same (the client follows it), found by nobody else.
         else StreamLog(rid, config.resume_max_bytes, None, owner)
     )
-    # A response's last events each hold its whole output (OpenAI's `.done` events and
-    # `response.completed`), all in one burst: its log must hold four outputs at once
-    # beyond what a native stream's holds, or its own readers would find a gap there.
-    # (Memory is taken only as written; the total bound still applies.)
-    log._max_bytes = max(log._max_bytes, config.resume_max_bytes + 4 * MAX_OUTPUT_CHARS)
+    log._max_bytes = max(log._max_bytes, _log_bound(engine))
     state = ResponseState(response, log)
     state.prompt_estimate = estimate_tokens(upstream)
     record = None
@@ -357,8 +403,34 @@ async def retrieve_response(request: web.Request) -> web.StreamResponse:
     if live is not None:
         live.poll()
         return json_response(live.state.snapshot())
-    found, _ = await _stored(request, rid)
-    return json_response(found)
+    found = await _load(request, rid)
+    if found is None:
+        found = await _in_progress_elsewhere(request, rid)
+    if found is None:
+        raise _not_found(rid)
+    return json_response(found[0])
+
+
+async def _in_progress_elsewhere(
+    request: web.Request, rid: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """A response another worker or box is generating, as its log shows it (its output so
+    far), or the stored one if it ended meanwhile; None if there is neither.
+
+    A response that ended is the store's to answer (shared memory): one deleted,
+    or created with ``store: false``, is a 404 here as on the box that made it,
+    though its log is kept a while for resumes.
+    """
+    log = await _produced_elsewhere(request, rid)
+    if log is None:
+        return None
+    if not log.ended:
+        found = elsewhere.from_log(log)
+        if found is not None and found.get("status") in elsewhere.LIVE_STATUSES:
+            return found, []
+        if found is None:  # (its first events were trimmed from the copy)
+            return elsewhere.minimal(rid, "in_progress"), []
+    return await _load(request, rid)  # (it ended between the two looks)
 
 
 async def _resume(request: web.Request, rid: str, after: int | None) -> web.StreamResponse:
@@ -368,6 +440,9 @@ async def _resume(request: web.Request, rid: str, after: int | None) -> web.Stre
     log = registry.get(rid) if registry is not None else None
     if log is None and registry is not None:
         log = await registry.fetch(rid)  # another worker's or box's (a shared stream log)
+        if log is not None:
+            # The copy holds a response's final burst whole, as its producer's log does.
+            log._max_bytes = max(log._max_bytes, _log_bound(engine))
     if log is not None and not _may_see(request, log.owner):
         log = None  # another key's: as if it did not exist
     if log is None:
@@ -419,8 +494,83 @@ async def cancel_response(request: web.Request) -> web.Response:
     if live is not None:
         await _stop(live)
         return json_response(live.state.response)
-    found, _ = await _stored(request, rid)
-    return json_response(found)
+    found = await _load(request, rid)
+    if found is None:
+        found = await _cancel_elsewhere(request, rid)
+    if found is None:
+        raise _not_found(rid)
+    return json_response(found[0])
+
+
+#: Seconds a cancel on another box waits for the stopped response's last event to
+#: reach its copy of the log (the producer wrote it before it answered the Stop;
+#: the copy is one Redis read behind).
+FINAL_WAIT = 2.0
+
+
+async def _cancel_elsewhere(
+    request: web.Request, rid: str
+) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """Stop a response another worker or box generates; the object it ended with.
+
+    Through the shared stream log's control channel (``registry.stop``: the
+    producer closes the upstream at once, stores the partial response, then
+    answers). The object answered is, first found: the stored one (shared
+    memory: what every box's ``GET`` answers from then on); the one the
+    response's last event carries in the log (``response.incomplete``, status
+    ``cancelled``, its partial output: what the producer answered its own
+    cancel with); else only its id and the status the Stop reported. None if no
+    worker generates it (or it is another key's).
+    """
+    stopped = await _stop_elsewhere(request, rid)
+    if stopped is None:
+        return None
+    state, log = stopped
+    found = await _load(request, rid)
+    if found is not None:
+        return found
+    ended: dict[str, Any] | None = None
+    if log is not None:
+        if state != "stopping":
+            await _until_ended(log)
+        ended = elsewhere.from_log(log)
+    if ended is None or (ended.get("status") in elsewhere.LIVE_STATUSES and state != "stopping"):
+        ended = {**(ended or elsewhere.minimal(rid, "")), "status": elsewhere.status_of(state)}
+    return ended, []
+
+
+async def _stop_elsewhere(request: web.Request, rid: str) -> tuple[str, StreamLog | None] | None:
+    """Stop the request key's response that another worker or box is generating: how
+    its generation ended (a Stop's answer) and the log's copy; None if none is live
+    elsewhere. One that ended already is left to the store (its ``cancel`` answers the
+    stored object, its ``DELETE`` deletes it, or they are 404): as on its own box.
+    """
+    engine = request.app[ENGINE]
+    if not _elsewhere_possible(engine, rid):
+        return None
+    assert engine.registry is not None
+    log: StreamLog | None = None
+    try:
+        log = await _produced_elsewhere(request, rid)
+    except StreamLogUnavailable:
+        pass  # (events of it were lost on their way to Redis: its producer still takes a Stop)
+    else:
+        if log is None or log.ended:
+            return None
+    state = await engine.registry.stop(rid, principal(request).owner)
+    return None if state is None else (state, log)
+
+
+async def _until_ended(log: StreamLog) -> None:
+    """Wait (at most FINAL_WAIT s) until ``log`` holds its final event, as a reader of it."""
+    log.readers += 1  # (a copy nobody reads is dropped, and no longer fed)
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FINAL_WAIT):
+                while not log.ended:
+                    await asyncio.shield(log.wait())
+    finally:
+        log.readers -= 1
 
 
 @routes.delete("/v1/responses/{response_id}")
@@ -428,11 +578,16 @@ async def cancel_response(request: web.Request) -> web.Response:
 async def delete_response(request: web.Request) -> web.Response:
     rid = request.match_info["response_id"]
     _query(request, frozenset())
+    engine = request.app[ENGINE]
     live = _live(request, rid)
+    known = live is not None
     if live is not None:
         await _stop(live)  # (then its stored reply goes with the rest)
-    store = await request.app[ENGINE].open_memory()
-    if not await stored_responses.delete(store, _parent(request), rid) and live is None:
+    elif await _load(request, rid) is None:
+        # Generated elsewhere: stopped first, or its reply would be stored after the delete.
+        known = await _stop_elsewhere(request, rid) is not None
+    store = await engine.open_memory()
+    if not await stored_responses.delete(store, _parent(request), rid) and not known:
         raise _not_found(rid)
     return json_response({"id": rid, "object": "response", "deleted": True})
 

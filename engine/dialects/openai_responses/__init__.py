@@ -16,7 +16,9 @@ The modules, each importing only those above it:
 * :mod:`.state`: one response's events as its chunks come
   (:class:`ResponseState`; an event's ``sequence_number`` is its log index);
 * :mod:`.stored`: stored responses on the memory store;
-* :mod:`.run`: the generation, an engine task feeding the stream log.
+* :mod:`.run`: the generation, an engine task feeding the stream log;
+* :mod:`.elsewhere`: a response another worker or box generates, as its
+  stream log's copy shows it (the shared Redis stream log).
 """
 
 from __future__ import annotations
