@@ -26,8 +26,9 @@ shares CPU 1 with the client), all started at once (idle ones cost nothing):
   (the OpenAI dialect in and out, which keeps no stream log: only native
   streams are resumable): the route that relays what the aiohttp relay
   relays, the like-for-like comparison;
-* ``aiohttp relay`` (the yardstick) and ``raw relay floor``
-  (``benchmarks/servers/raw_relay.py``), started the same way.
+* ``aiohttp relay`` (the yardstick), ``aiohttp parsing relay`` (the same, reading
+  each chunk as a gateway must: ``benchmarks/servers/aiohttp_parsing_relay.py``)
+  and ``raw relay floor`` (``benchmarks/servers/raw_relay.py``), started the same way.
 
 Every request carries ``Authorization: Bearer`` the bench key (an open gateway
 and the relays ignore it), so the client side is the same for all. Before
@@ -94,6 +95,7 @@ CONFIGS: dict[str, tuple[str, bool]] = {
     **{name: (name, True) for name in GATEWAYS},
     "all on, completions": ("all on", False),
     "aiohttp relay": ("aiohttp relay", False),
+    "aiohttp parsing relay": ("aiohttp parsing relay", False),
     "raw relay floor": ("raw relay floor", True),
 }
 FEATURES = ("log only", "metrics only", "keys only")
@@ -272,6 +274,9 @@ def main(quick: bool = False) -> dict[str, Any]:
         servers["aiohttp relay"] = stack.enter_context(
             Relay(upstream, "benchmarks.servers.aiohttp_relay")
         )
+        servers["aiohttp parsing relay"] = stack.enter_context(
+            Relay(upstream, "benchmarks.servers.aiohttp_parsing_relay")
+        )
         servers["raw relay floor"] = stack.enter_context(
             Relay(upstream, "benchmarks.servers.raw_relay")
         )
@@ -307,6 +312,12 @@ def main(quick: bool = False) -> dict[str, Any]:
             rows, "all on, completions", "aiohttp relay", key
         )
         shares["all off / aiohttp relay"] = _ratios(rows, "all off", "aiohttp relay", key)
+        shares["all on, completions / parsing relay"] = _ratios(
+            rows, "all on, completions", "aiohttp parsing relay", key
+        )
+        shares["parsing / aiohttp relay"] = _ratios(
+            rows, "aiohttp parsing relay", "aiohttp relay", key
+        )
         result["shares"][key] = shares
     result["seconds"] = round(time.monotonic() - started, 1)
     return result
@@ -334,6 +345,7 @@ def markdown(r: dict[str, Any]) -> str:
     us, all_in = r["shares"]["us_per_chunk"], r["shares"]["all_in_us_per_chunk"]
     on, yard = r["configs"]["all on"], r["configs"]["aiohttp relay"]
     comp = r["configs"]["all on, completions"]
+    parse = r["configs"]["aiohttp parsing relay"]
 
     def verdict(config: dict[str, Any]) -> str:
         a, b = config["us_per_chunk"]["median"], yard["us_per_chunk"]["median"]
@@ -355,7 +367,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"per chunk vs {_r(yard['us_per_chunk'])} ({verdict(on)}: ratio "
         f"{_r(us['all on / aiohttp relay'], '.2f')}); completions route (like for like, no "
         f"stream log) {_r(comp['us_per_chunk'])} ({verdict(comp)}: ratio "
-        f"{_r(us['all on, completions / aiohttp relay'], '.2f')}).** Shares over `all off` "
+        f"{_r(us['all on, completions / aiohttp relay'], '.2f')}).** Reading the stream "
+        "(the same relay splitting each read into events and decoding and encoding each "
+        f"one's JSON, `aiohttp parsing relay`) costs {_r(parse['us_per_chunk'])} us per chunk, "
+        f"{_r(us['parsing / aiohttp relay'], '.2f')}x the passthrough; the completions route "
+        f"is {_r(us['all on, completions / parsing relay'], '.2f')}x that. Shares over `all off` "
         f"({_r(r['configs']['all off']['us_per_chunk'])} us/chunk): log "
         f"{_signed(us['log only'])}, metrics {_signed(us['metrics only'])}, keys "
         f"{_signed(us['keys only'])}, all three {_signed(us['all on'])} us/chunk; all-in: log "

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -35,6 +35,7 @@ from ._common import announce, listen, raise_nofile, run
 
 _HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 SESSION = web.AppKey("session", aiohttp.ClientSession)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 UPSTREAM = web.AppKey("upstream", str)
 
 
@@ -65,19 +66,19 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-async def main() -> None:
+async def main(handler: Handler = relay, banner: str = "aiohttp passthrough relay") -> None:
     raise_nofile()
     sock = listen()
     app = web.Application()
     base = os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:9000/v1").rstrip("/")
     app[UPSTREAM] = f"{base}/chat/completions"
     app.cleanup_ctx.append(_session)
-    app.router.add_post("/v1/chat/completions", relay)
+    app.router.add_post("/v1/chat/completions", handler)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     site = web.SockSite(runner, sock, backlog=4096)
     await site.start()
-    announce(sock, "aiohttp passthrough relay")
+    announce(sock, banner)
     try:
         await asyncio.Event().wait()
     finally:
