@@ -32,6 +32,8 @@ from .errors import (
     InvalidFields,
     NotFound,
     Overloaded,
+    QuotaExceeded,
+    RateLimited,
     StoreUnavailable,
     Unauthorized,
 )
@@ -53,7 +55,7 @@ from .keys import (
     read_token,
 )
 from .keystore import KeyStore
-from .limits import Admission, Limiter, LocalLimiter
+from .limits import Admission, Limiter, LocalLimiter, Share, rate_headers
 
 __all__ = ["Gatekeeper", "memory_parent"]
 
@@ -104,6 +106,42 @@ class Gatekeeper:
         self._flusher: asyncio.Task[None] | None = None
         #: True when requests need a key (see the module docstring).
         self.required = bool(self._static) or config.admin_key is not None
+        #: This worker's part of every limit (:meth:`split_across`); None: all of it.
+        self.share: Share | None = None
+        # Each key's policy cut to this worker's part, by key id: (key, part).
+        self._parts: dict[str, tuple[ClientKey, ClientKey]] = {}
+
+    def split_across(self, share: Share) -> None:
+        """Enforce ``share`` of every limit here: a worker of ``serve --workers N``.
+
+        Only when the counters live in this process: with ``limits_url`` every
+        worker counts in Redis against the whole limit. Called before the app
+        starts, so that the seeded budget spending is split too.
+        """
+        if self.config.limits_url or share.workers < 2:
+            return
+        self.share = share
+        cap = self.config.max_streams
+        if share.slot == 0 and cap and share.of(cap) < cap:
+            log.info("max_streams %d is split across %d workers", cap, share.workers)
+        for key in self._static:
+            empty = share.empty(key)
+            if empty is not None and share.slot == share.workers - 1:
+                log.warning(
+                    "key %s: %s %d is less than one per worker (%d workers), so some "
+                    "workers refuse it; set SSE_ENGINE_LIMITS_URL to share one counter",
+                    key.alias, empty, getattr(key, empty), share.workers,
+                )  # fmt: skip
+
+    def _part(self, key: ClientKey, share: Share) -> ClientKey:
+        """``key`` with its limits cut to ``share`` (cached until the key changes)."""
+        cached = self._parts.get(key.id)
+        if cached is not None and cached[0] is key:
+            return cached[1]
+        part = share.policy(key)
+        assert isinstance(part, ClientKey)
+        self._parts[key.id] = (key, part)
+        return part
 
     # -- start-up and refresh ------------------------------------------------------
 
@@ -112,6 +150,9 @@ class Gatekeeper:
         self.store = store
         await self.refresh()
         spent = await store.spent()
+        if self.share is not None:
+            # Each worker was told all the key spent: it counts its part of it.
+            spent = {period: self.share.of(tokens) for period, tokens in spent.items()}
         self._local.seed.update(spent)
         seed = getattr(self.limiter, "seed", None)
         if isinstance(seed, dict) and seed is not self._local.seed:
@@ -199,9 +240,14 @@ class Gatekeeper:
         running in this process, for ``max_streams``.
         """
         cap = self.config.max_streams
-        if cap and live >= cap:
+        share = self.share
+        if cap and live >= (cap if share is None else share.of(cap)):
             raise Overloaded(
-                f"the gateway is relaying as many streams as it may ({cap}); retry shortly",
+                f"the gateway is relaying as many streams as it may ({cap}); retry shortly"
+                if share is None
+                else f"this worker is relaying as many streams as its part of max_streams "
+                f"{cap} allows ({share.of(cap)}: the limit is split across {share.workers} "
+                "workers); retry shortly",
                 retry_after=1.0,
             )
         key = principal.key
@@ -212,12 +258,46 @@ class Gatekeeper:
         if key.rpm is None and key.tpm is None and key.max_streams is None:
             if key.budget_tokens is None:
                 return None
+        if share is not None:
+            return self._admit_part(key, share, reserve)
         return await self.limiter.admit(key.id, key, reserve)
+
+    def _admit_part(self, key: ClientKey, share: Share, reserve: int) -> Admission:
+        """:meth:`admit` against this worker's part of the key's limits."""
+        part = self._part(key, share)
+        empty = share.empty(key)
+        if empty is not None:
+            kind = QuotaExceeded if empty == "budget_tokens" else RateLimited
+            error = kind(
+                f"this key's {empty} of {getattr(key, empty)} is split across the "
+                f"gateway's {share.workers} workers and this worker's part of it is 0: "
+                "set SSE_ENGINE_LIMITS_URL (Redis) so that the workers share one "
+                f"counter, or raise {empty} to at least {share.workers}"
+            )
+            error.retry = False
+            error.headers = rate_headers(
+                part, requests=0, requests_reset=0.0, tokens=0, tokens_reset=0.0
+            )
+            raise error
+        try:
+            return self._local.admit_now(key.id, part, reserve)
+        except RateLimited as exc:
+            exc.message += (
+                f" (this worker's part of the key's limit: it is split across "
+                f"{share.workers} workers unless SSE_ENGINE_LIMITS_URL shares one counter)"
+            )
+            raise
 
     async def usage(self, key: ClientKey) -> dict[str, Any]:
         """``GET /v1/key``: the key's limits and what is left (of all gateways', with Redis)."""
         policy = msgspec.to_builtins(key.policy())
         view: dict[str, Any] = {"id": key.id, "alias": key.alias, "limits": policy}
+        share = self.share
+        if share is not None:
+            # What this worker enforces, and what is left of that.
+            key = self._part(key, share)
+            view["workers"] = share.workers
+            view["worker_limits"] = msgspec.to_builtins(key.policy())
         used = await self.limiter.usage(key.id, key)
         left = {}
         for limit, count in (

@@ -25,6 +25,9 @@ end nobody can know). The response headers are OpenAI's ``x-ratelimit-*``.
 
 Each process counts for itself; with several workers or boxes the counters
 live in Redis (:mod:`engine.limits_redis`), which runs the same rules in Lua.
+Without Redis, a worker of ``serve --workers N`` enforces its :class:`Share`
+of every limit, so that the workers together never admit more than the limit
+(the price: a key can be refused by one worker while another has room).
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import NamedTuple, Protocol
+
+import msgspec
 
 from .errors import QuotaExceeded, RateLimited
 from .keys import KeyPolicy
@@ -45,6 +50,7 @@ __all__ = [
     "Admission",
     "Limiter",
     "LocalLimiter",
+    "Share",
     "duration",
     "period_bounds",
     "rate_headers",
@@ -54,6 +60,48 @@ __all__ = [
 WINDOW = 60.0
 # Admissions closer than this share one window entry (later expiry: never lets more through).
 _MERGE = 0.01
+
+
+#: The limits a worker's :class:`Share` divides (``serve``'s ``max_streams`` too).
+SHARED_LIMITS = ("rpm", "tpm", "max_streams", "budget_tokens")
+
+
+class Share(NamedTuple):
+    """Worker ``slot`` of ``workers``' part of each limit, when no counter is shared.
+
+    ``serve --workers N`` without ``limits_url``: the workers share no memory,
+    and the kernel, not the key, picks the worker of each connection. Each
+    worker then enforces ``limit // workers``, the first ``limit % workers``
+    workers one more, so the parts add up to the limit exactly: N workers
+    never admit more than the key allows. A limit smaller than ``workers``
+    leaves some workers a share of 0, which refuses there (with a message
+    naming the fix: Redis counters, or a larger limit) rather than admit
+    more than the limit.
+    """
+
+    slot: int
+    workers: int
+
+    def of(self, limit: int) -> int:
+        base, extra = divmod(limit, self.workers)
+        return base + (1 if self.slot < extra else 0)
+
+    def policy(self, policy: KeyPolicy) -> KeyPolicy:
+        """``policy`` with each of its :data:`SHARED_LIMITS` cut to this worker's part."""
+        changes = {}
+        for name in SHARED_LIMITS:
+            limit = getattr(policy, name)
+            if limit is not None:
+                changes[name] = self.of(limit)
+        return msgspec.structs.replace(policy, **changes) if changes else policy
+
+    def empty(self, policy: KeyPolicy) -> str | None:
+        """The first limit ``policy`` sets whose part here is 0 (None: every part is 1+)."""
+        for name in SHARED_LIMITS:
+            limit = getattr(policy, name)
+            if limit is not None and self.of(limit) == 0:
+                return name
+        return None
 
 
 def duration(seconds: float) -> str:

@@ -56,6 +56,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from .gateway import ENGINE
+from .limits import Share
 from .metrics_merge import merge
 from .sse import encode_json
 from .wire import ErrorEvent
@@ -145,6 +146,8 @@ class Siblings:
         siblings = cls(worker, send_timeout=config.send_timeout, locate=not config.stream_log)
         engine.siblings = siblings
         engine.stream_tag = siblings.tag
+        # No counter shared across workers (no limits_url): each enforces its part.
+        engine.gate.split_across(Share(worker.slot, worker.count))
         if siblings._locate:
             app.middlewares.append(siblings.middleware)
 

@@ -33,10 +33,13 @@ The parent:
 
 Limits: the workers share no memory. A stream lives in the worker that started
 it (its id says which: ``-w<slot>``); a restarted worker's streams are gone,
-and so is what it counted for ``/metrics``. Per-key limits and the in-memory
-memory store are per worker unless they live in Redis (``limits_url``,
-``memory_url``). Two unrelated ``serve --workers`` of the same user on the same
-port would share it (``SO_REUSEPORT``'s rule): give each its own port.
+and so is what it counted for ``/metrics``. Per-key limits live in Redis with
+``limits_url``; without it each worker enforces its part of every limit and of
+``max_streams`` (engine.limits.Share: the parts add up to the limit, so the
+workers never admit more than it, but one can refuse while another has room).
+The in-memory memory store is per worker (``memory_url`` shares one). Two
+unrelated ``serve --workers`` of the same user on the same port would share it
+(``SO_REUSEPORT``'s rule): give each its own port.
 """
 
 from __future__ import annotations
