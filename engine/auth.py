@@ -108,8 +108,9 @@ class Gatekeeper:
         self.required = bool(self._static) or config.admin_key is not None
         #: This worker's part of every limit (:meth:`split_across`); None: all of it.
         self.share: Share | None = None
-        # Each key's policy cut to this worker's part, by key id: (key, part).
-        self._parts: dict[str, tuple[ClientKey, ClientKey]] = {}
+        # Each key's policy cut to this worker's part, by key id: (key, part, the
+        # first limit whose part is 0 or None).
+        self._parts: dict[str, tuple[ClientKey, ClientKey, str | None]] = {}
 
     def split_across(self, share: Share) -> None:
         """Enforce ``share`` of every limit here: a worker of ``serve --workers N``.
@@ -124,24 +125,28 @@ class Gatekeeper:
         cap = self.config.max_streams
         if share.slot == 0 and cap and share.of(cap) < cap:
             log.info("max_streams %d is split across %d workers", cap, share.workers)
+        if share.slot != share.workers - 1:
+            return  # (the last worker has the smallest parts: it alone warns)
         for key in self._static:
             empty = share.empty(key)
-            if empty is not None and share.slot == share.workers - 1:
+            if empty is not None:
                 log.warning(
                     "key %s: %s %d is less than one per worker (%d workers), so some "
                     "workers refuse it; set SSE_ENGINE_LIMITS_URL to share one counter",
                     key.alias, empty, getattr(key, empty), share.workers,
                 )  # fmt: skip
 
-    def _part(self, key: ClientKey, share: Share) -> ClientKey:
-        """``key`` with its limits cut to ``share`` (cached until the key changes)."""
+    def _part(self, key: ClientKey, share: Share) -> tuple[ClientKey, str | None]:
+        """``key`` with its limits cut to ``share``, and the first limit whose part
+        is 0 (:meth:`Share.empty`); cached until the key changes."""
         cached = self._parts.get(key.id)
         if cached is not None and cached[0] is key:
-            return cached[1]
+            return cached[1], cached[2]
         part = share.policy(key)
         assert isinstance(part, ClientKey)
-        self._parts[key.id] = (key, part)
-        return part
+        empty = share.empty(key)
+        self._parts[key.id] = (key, part, empty)
+        return part, empty
 
     # -- start-up and refresh ------------------------------------------------------
 
@@ -264,8 +269,7 @@ class Gatekeeper:
 
     def _admit_part(self, key: ClientKey, share: Share, reserve: int) -> Admission:
         """:meth:`admit` against this worker's part of the key's limits."""
-        part = self._part(key, share)
-        empty = share.empty(key)
+        part, empty = self._part(key, share)
         if empty is not None:
             kind = QuotaExceeded if empty == "budget_tokens" else RateLimited
             error = kind(
@@ -295,7 +299,7 @@ class Gatekeeper:
         share = self.share
         if share is not None:
             # What this worker enforces, and what is left of that.
-            key = self._part(key, share)
+            key = self._part(key, share)[0]
             view["workers"] = share.workers
             view["worker_limits"] = msgspec.to_builtins(key.policy())
         used = await self.limiter.usage(key.id, key)
