@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from .dialects import ErrorAnswer, native
 from .errors import (
@@ -200,83 +201,86 @@ def _cors(request: web.Request, origins: list[str]) -> web.StreamResponse | None
     return None
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate, then map every error raised before the response started to a JSON body."""
-    try:
-        engine = request.app.get(ENGINE)
-        if engine is not None and engine.config.cors_origins:
-            preflight = _cors(request, engine.config.cors_origins)
-            if preflight is not None:
-                return preflight
-        gate = engine.gate if engine is not None else None
-        if gate is not None and gate.required:
-            route = request.match_info
-            if route.http_exception is None and route.handler not in _PUBLIC:
-                request[PRINCIPAL] = gate.authenticate(
-                    request.headers,
-                    request.query,
-                    query_token=request.method == "GET" and route.handler in _QUERY_TOKEN,
-                )
-        response = await handler(request)
-        if not response.prepared:
-            extra = request.get(EXTRA_HEADERS)
-            if extra:
-                response.headers.update(extra)
-        return response
-    except EngineError as exc:
-        history = request.get(HISTORY)
-        if history and isinstance(exc, UnsupportedField):
-            exc = _reindexed(exc, history)
-        engine = request.app.get(ENGINE)
-        if engine is not None:
-            exc = engine.scrub(exc)
-        if exc.status >= 500:
-            log.warning("%s %s: %s (%s)", request.method, request.path, exc.message, exc.type)
-        return render_error(request, exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        error = EngineError(exc.reason)
-        error.status, error.type = exc.status, _HTTP_TYPES.get(exc.status, "http_error")
-        response = render_error(request, error)
-        if "Allow" in exc.headers:
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
-    except ConnectionResetError:
-        # The client left before we answered: nobody to tell, nothing to log.
-        return web.Response(status=499)
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return render_error(request, EngineError("internal error"))
-    finally:
-        # A share no generation took over (refused, failed, not streamed) goes back.
-        admission = request.get(ADMISSION)
-        if admission is not None:
-            admission.release()
+def guarded(check: HostCheck | None) -> Middleware:
+    """The gateway's middleware: refuse a ``Host`` it does not serve (``check``, None
+    for none), authenticate, then map every error raised before the response started
+    to a JSON body in the route's dialect.
 
-
-def guarded(check: HostCheck) -> Any:
-    """:func:`error_middleware` that first refuses a ``Host`` the gateway does not serve.
-
-    One middleware rather than two: a layer costs every request a call, and
-    the refusal must be rendered in the route's dialect anyway.
+    One middleware and one frame rather than a chain: every layer is a coroutine
+    frame that each open stream holds for its whole life (about 330 bytes per
+    idle stream, benchmarks/NOTES.md Change 11), and the Host refusal must be
+    rendered in the route's dialect anyway.
     """
 
     @web.middleware
-    async def guarded_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        host = request.headers.get("Host")
-        if not check.allows(host):
-            return render_error(
-                request,
-                HostNotAllowed(
-                    f"this gateway does not answer for the host {host!r}; "
-                    "add it to allowed_hosts (--allowed-hosts) if it should"
-                ),
-            )
-        return await error_middleware(request, handler)
+    async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if check is not None:
+                host = request.headers.get("Host")
+                if not check.allows(host):
+                    return render_error(
+                        request,
+                        HostNotAllowed(
+                            f"this gateway does not answer for the host {host!r}; "
+                            "add it to allowed_hosts (--allowed-hosts) if it should"
+                        ),
+                    )
+            engine = request.app.get(ENGINE)
+            if engine is not None and engine.config.cors_origins:
+                preflight = _cors(request, engine.config.cors_origins)
+                if preflight is not None:
+                    return preflight
+            gate = engine.gate if engine is not None else None
+            if gate is not None and gate.required:
+                route = request.match_info
+                if route.http_exception is None and route.handler not in _PUBLIC:
+                    request[PRINCIPAL] = gate.authenticate(
+                        request.headers,
+                        request.query,
+                        query_token=request.method == "GET" and route.handler in _QUERY_TOKEN,
+                    )
+            response = await handler(request)
+            if not response.prepared:
+                extra = request.get(EXTRA_HEADERS)
+                if extra:
+                    response.headers.update(extra)
+            return response
+        except EngineError as exc:
+            history = request.get(HISTORY)
+            if history and isinstance(exc, UnsupportedField):
+                exc = _reindexed(exc, history)
+            engine = request.app.get(ENGINE)
+            if engine is not None:
+                exc = engine.scrub(exc)
+            if exc.status >= 500:
+                log.warning("%s %s: %s (%s)", request.method, request.path, exc.message, exc.type)
+            return render_error(request, exc)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            error = EngineError(exc.reason)
+            error.status, error.type = exc.status, _HTTP_TYPES.get(exc.status, "http_error")
+            response = render_error(request, error)
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
+        except ConnectionResetError:
+            # The client left before we answered: nobody to tell, nothing to log.
+            return web.Response(status=499)
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return render_error(request, EngineError("internal error"))
+        finally:
+            # A share no generation took over (refused, failed, not streamed) goes back.
+            admission = request.get(ADMISSION)
+            if admission is not None:
+                admission.release()
 
-    return guarded_middleware
+    return error_middleware
+
+
+#: :func:`guarded` with no Host check (a sub-app behind its parent's, or ``allowed_hosts`` empty).
+error_middleware = guarded(None)
 
 
 async def expect_handler(request: web.Request) -> web.StreamResponse | None:

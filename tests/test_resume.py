@@ -218,3 +218,41 @@ async def test_a_log_trims_its_oldest_events_and_serves_exactly_what_it_holds():
     assert stream_log.since(first - 1) == b"".join(frames[first:])
     assert stream_log.since(97) == frames[98] + frames[99]
     assert stream_log.since(99) == b""
+
+
+@pytest.mark.parametrize("grow", ["append", "extend_one", "extend_burst", "end"])
+@pytest.mark.parametrize("begin", ["one", "burst"])
+async def test_a_log_idle_after_its_first_write_serves_it_and_keeps_growing(begin, grow):
+    """A stream idle after its first write holds it as written; the next ones join it in order."""
+    from engine.streams.log import StreamLog
+
+    stream_log = StreamLog("s", max_bytes=120)
+    assert stream_log.next == 0 and stream_log.since(-1) == b""
+    first = [b"id: s.0\ndata: start\n\n"]
+    if begin == "burst":
+        first.append(b"id: s.1\ndata: hello\n\n")
+    stream_log.extend(first)
+    assert stream_log.next == len(first) and stream_log.size == len(b"".join(first))
+    assert stream_log.since(-1) == b"".join(first)
+    assert stream_log.since(len(first) - 2) == first[-1]
+    assert stream_log.since(len(first) - 1) == b""
+    more = [b"id: s.%d\ndata: %s\n\n" % (i, b"y" * 30) for i in range(len(first), 4)]
+    if grow == "append":
+        for frame in more:
+            stream_log.append(frame)
+    elif grow == "extend_one":
+        for frame in more:
+            stream_log.extend([frame])
+    elif grow == "extend_burst":
+        stream_log.extend(more)
+    else:
+        more = [b"event: end\ndata: {}\n\n"]
+        stream_log.end(more[0])
+    frames = [*first, *more]
+    assert stream_log.next == len(frames)
+    # Bounded at 120 bytes: the oldest go, at least the newest stays, all served exactly.
+    assert stream_log.size <= 120 or stream_log.first == len(frames) - 1
+    held = stream_log.first
+    assert stream_log.since(held - 1) == b"".join(frames[held:])
+    assert stream_log.since(len(frames) - 2) == frames[-1]
+    assert stream_log.since(len(frames) - 1) == b""

@@ -55,6 +55,11 @@ class StreamLog:
     list of ``bytes``: a log kept for ten minutes is then two objects however
     many events it holds, none tracked by the garbage collector, and a burst
     is added with two C calls (benchmarks/NOTES.md).
+
+    Until a second write comes, the first (``start`` and what was ready with it)
+    is held as the very ``bytes`` written, with no ``array`` at all for one
+    event: an idle stream's log then holds no growable copy of its first burst
+    (benchmarks/NOTES.md, Change 11).
     """
 
     __slots__ = (
@@ -85,8 +90,10 @@ class StreamLog:
         #: (or the admin) may resume it.
         self.owner = owner
         self._registry = registry  # keeps the running total of all logs' bytes
-        self._buf = bytearray()  # the frames of events first.. next-1, back to back
-        self._ends = array("q")  # where event first + i ends, counted from the stream's start
+        # The frames of events first.. next-1, back to back (``bytes``: the first write).
+        self._buf: bytes | bytearray = b""
+        # Where event first + i ends, counted from the stream's start (None: one event at most).
+        self._ends: array[int] | None = None
         self._base = 0  # where _buf begins, counted the same way
         self.first = 0  # the number of the earliest event held
         #: Readers following the stream (resumed connections), for the detach window.
@@ -110,7 +117,8 @@ class StreamLog:
     @property
     def next(self) -> int:
         """The number the next event will have."""
-        return self.first + len(self._ends)
+        ends = self._ends
+        return self.first + (len(ends) if ends is not None else 1 if self._buf else 0)
 
     @property
     def ended(self) -> bool:
@@ -118,25 +126,44 @@ class StreamLog:
 
     def append(self, frame: bytes) -> None:
         """Add the next event's frame."""
-        self._buf += frame
-        self._ends.append(self._base + len(self._buf))
+        if not self._buf:  # the first: held as it is (the same object when bytes)
+            self._buf = bytes(frame)
+        else:
+            buf, ends = self._growable()
+            buf += frame
+            ends.append(self._base + len(buf))
         self._added(len(frame))
+
+    def _growable(self) -> tuple[bytearray, array[int]]:
+        """The buffer and its ends, made to grow (the first write is held as written)."""
+        buf, ends = self._buf, self._ends
+        if ends is None:  # one event: it ends where the buffer does
+            ends = self._ends = array("q", [self._base + len(buf)])
+        if not isinstance(buf, bytearray):
+            buf = self._buf = bytearray(buf)
+        return buf, ends
 
     def extend(self, frames: list[bytes], joined: bytes | None = None) -> None:
         """Add the frames of a burst, in order (once per write, not per chunk).
 
         ``joined`` is ``b"".join(frames)`` when the caller has it (it just wrote it).
         """
-        buf = self._buf
-        end = self._base + len(buf)
         data = b"".join(frames) if joined is None else joined
-        buf += data
-        if len(frames) == 1:  # a lone chunk (a steady cadence): no accumulate
-            self._ends.append(end + len(data))
+        if not self._buf:  # the first burst: held as written, with its ends if many
+            self._buf = bytes(data)
+            if len(frames) > 1:
+                self._ends = array("q", accumulate(map(len, frames), initial=self._base))
+                del self._ends[0]  # (the initial value: where the burst begins)
         else:
-            ends = accumulate(map(len, frames), initial=end)
-            next(ends)  # (the initial value: where the burst begins)
-            self._ends.extend(ends)
+            buf, ends = self._growable()
+            end = self._base + len(buf)
+            buf += data
+            if len(frames) == 1:  # a lone chunk (a steady cadence): no accumulate
+                ends.append(end + len(data))
+            else:
+                added = accumulate(map(len, frames), initial=end)
+                next(added)  # (the initial value: where the burst begins)
+                ends.extend(added)
         self._added(len(data))
 
     def _added(self, added: int) -> None:
@@ -164,6 +191,8 @@ class StreamLog:
         """The frames of the events after ``after`` (>= ``first - 1``), joined for one write."""
         i = after + 1 - self.first
         ends = self._ends
+        if ends is None:  # one event at most: i is 0 or past it
+            return bytes(self._buf) if i <= 0 else b""
         if i >= len(ends):
             return b""
         start = (ends[i - 1] if i > 0 else self._base) - self._base
@@ -184,13 +213,14 @@ class StreamLog:
     def _trim(self, target: int) -> None:
         """Drop the oldest events until at most ``target`` bytes are held (at least one stays)."""
         ends = self._ends
-        if len(ends) < 2:
+        if ends is None or len(ends) < 2:
             return
+        buf, ends = self._growable()
         # The fewest events to drop: those ending before `stop - target`.
-        stop = self._base + len(self._buf)
+        stop = self._base + len(buf)
         drop = min(bisect.bisect_left(ends, stop - target) + 1, len(ends) - 1)
         cut = ends[drop - 1] - self._base
-        del self._buf[:cut]
+        del buf[:cut]
         del ends[:drop]
         self._base += cut
         self.first += drop

@@ -158,7 +158,7 @@ class RedisStreamLog(StreamLog):
         self._local = value
 
     def append(self, frame: bytes) -> None:
-        n0 = self.first + len(self._ends)
+        n0 = self.next
         StreamLog.append(self, frame)
         if not self.unlogged:
             if n0 == 0:
@@ -166,7 +166,7 @@ class RedisStreamLog(StreamLog):
             self._writer.add(self, n0, [frame], frame)
 
     def extend(self, frames: list[bytes], joined: bytes | None = None) -> None:
-        n0 = self.first + len(self._ends)
+        n0 = self.next
         StreamLog.extend(self, frames, joined)
         if not self.unlogged:
             if n0 == 0:
