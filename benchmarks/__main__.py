@@ -219,6 +219,96 @@ def targets(sections: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _band(v: Any, fmt: str = ".2f") -> str:
+    """``median (min-max)`` of a summary dict."""
+    return f"{v['median']:{fmt}} ({v['min']:{fmt}}-{v['max']:{fmt}})"
+
+
+def targets17(sections: dict[str, Any]) -> list[str]:
+    """Issue 17's targets (performance at the floor) against this run's numbers."""
+    conc = _get(sections, "concurrency", "result")
+    feat = _get(sections, "features", "result")
+    lat = _get(sections, "latency", "result")
+    rows = ["| target | measured | ratio | met |", "|---|---|---:|---|"]
+    ratios = _get(feat, "shares", "us_per_chunk") or {}
+    for label, key, config in (
+        ("native route", "all on / aiohttp relay", "all on"),
+        ("completions route", "all on, completions / aiohttp relay", "all on, completions"),
+    ):
+        r, us = ratios.get(key), _get(feat, "configs", config, "us_per_chunk")
+        yard = _get(feat, "configs", "aiohttp relay", "us_per_chunk")
+        if not r or not us or not yard:
+            rows.append(f"| relay CPU per chunk, {label} <= aiohttp relay | not measured | | ? |")
+            continue
+        rows.append(
+            f"| relay CPU per chunk, {label}, log+metrics+keys on <= aiohttp passthrough relay | "
+            f"{_band(us, '.1f')} vs {_band(yard, '.1f')} us | {_band(r)} | "
+            f"{'yes' if r['median'] <= 1 else 'no'} |"
+        )
+    parse = ratios.get("all on, completions / parsing relay")
+    if parse:
+        rows.append(
+            "| (proof) completions route vs an aiohttp relay that parses each event, same run | "
+            f"reading the stream alone is {_band(ratios['parsing / aiohttp relay'])}x the "
+            f"passthrough | {_band(parse)} | n/a |"
+        )
+    relay = _get(conc, "relay")
+    if isinstance(relay, dict) and relay.get("max_stable") is not None:
+        peers = {
+            "completions": "completions route",
+            "aiohttp": "aiohttp relay",
+            "floor": "raw relay floor",
+        }
+        beside = ", ".join(
+            f"{label} {relay[k]['max_stable']}"
+            for k, label in peers.items()
+            if isinstance(relay.get(k), dict) and relay[k].get("max_stable") is not None
+        )
+        best = relay["max_stable"]
+        rows.append(
+            f"| >= 1,000 relayed streams stable on one core (native route, log and metrics on) | "
+            f"{best} (beside it: {beside}; first unstable {relay.get('stopped_at')}, limit: "
+            f"{relay.get('limit')}) | {best / 1000:.2f} | {'yes' if best >= 1000 else 'no'} |"
+        )
+    v = _get(lat, "1000", "added_p99")
+    if isinstance(v, dict) and v.get("median") is not None:
+        rows.append(
+            f"| added p99 <= 5 ms at 1,000 relayed streams | {_band(v, '.1f')} ms | "
+            f"{v['median'] / 5:.2f} | {'yes' if v['median'] <= 5 else 'no'} |"
+        )
+    checks = _get(conc, "idle_checks") or {}
+    for x in checks.get("vs_plain", []):
+        if x["clients"] != 10000:
+            continue
+        ok = x["native_kib"] <= x["plain_kib"] and x["held"]
+        rows.append(
+            f"| idle native stream (log and metrics on) <= plain aiohttp StreamResponse, 10,000 "
+            f"streams | {x['native_kib']:.2f} vs {x['plain_kib']:.2f} KiB "
+            f"({'all held' if x['held'] else 'NOT all held'}) | "
+            f"{x['native_kib'] / x['plain_kib']:.3f} | {'yes' if ok else 'no'} |"
+        )
+        rows.append(
+            f"| (stretch) idle native stream <= 8 KiB | {x['native_kib']:.2f} KiB | "
+            f"{x['native_kib'] / 8:.2f} | {'yes' if x['native_kib'] <= 8 else 'no'} |"
+        )
+    for x in checks.get("max_tokens", []):
+        if x["clients"] != 10000:
+            continue
+        ok = x["held"] and x["large_kib"] <= x["small_kib"] * 1.05
+        rows.append(
+            f"| 10,000 idle mock streams with max_tokens=1,000,000 all held, memory flat | "
+            f"{x['large_kib']:.2f} vs {x['small_kib']:.2f} KiB at max_tokens=3 "
+            f"({'all held' if x['held'] else 'NOT all held'}) | "
+            f"{x['large_kib'] / x['small_kib']:.3f} | {'yes' if ok else 'no'} |"
+        )
+    rows.append(
+        "| `--workers 2` on this 2-core machine | not part of `make bench` (the load generator "
+        "needs a core of its own): `python -m benchmarks.workers`, Optimisation log, Workers | "
+        "| n/a |"
+    )
+    return rows
+
+
 def write_results(data: dict[str, Any], plots: list[str]) -> None:
     m = data["machine"]
     lines = [
@@ -266,6 +356,7 @@ def write_results(data: dict[str, Any], plots: list[str]) -> None:
             "",
         ]
     lines += targets(data["sections"]) + [""]
+    lines += ["## Targets (issue 17)", "", *targets17(data["sections"]), ""]
     for name in BENCHES:
         entry = data["sections"].get(name)
         if entry is None:
@@ -287,7 +378,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="a ~2-minute subset")
     parser.add_argument("--only", help="comma-separated: " + ", ".join(BENCHES))
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="rewrite RESULTS.md from results.json and NOTES.md, measuring nothing",
+    )
     args = parser.parse_args(argv)
+    if args.render:
+        data = json.loads(RESULTS_JSON.read_text())
+        known = ["throughput.png", "latency_cdf.png", "concurrency_cdf.png"]
+        found = {p.name for p in BENCH_DIR.glob("*.png")}
+        plots = [p for p in known if p in found] + sorted(found - set(known))
+        write_results(data, plots)
+        log(f"wrote {RESULTS_MD} from {RESULTS_JSON}")
+        return 0
     names = list(BENCHES)
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
