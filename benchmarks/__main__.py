@@ -303,8 +303,8 @@ def targets17(sections: dict[str, Any]) -> list[str]:
         )
     rows.append(
         "| `--workers 2` on this 2-core machine | not part of `make bench` (the load generator "
-        "needs a core of its own): `python -m benchmarks.workers`, Optimisation log, Workers | "
-        "| n/a |"
+        "needs a core of its own): `python -m benchmarks.workers`, in the Optimisation log under "
+        "Issue 14, part A, where both cores are shared with the load generator | | n/a |"
     )
     return rows
 
