@@ -1,4 +1,5 @@
-"""Clients that leave must leave nothing behind: no task, no connection, no file descriptor.
+"""Clients that leave must leave nothing behind: no task, no connection, no file descriptor;
+an idle stream holds nothing it already sent.
 
 Steady state, not a snapshot: after a warm-up round of disconnects the process
 holds some pooled connections legitimately, so the test checks that further
@@ -8,16 +9,23 @@ rounds do not grow the counts.
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
+import weakref
+from collections.abc import AsyncGenerator
+from typing import Any
 
 import aiohttp
+import msgspec
+import pytest
 
 from engine import create_app
 from engine.app import ENGINE
 from engine.sse import Decoder
 from engine.testing import FakeOpenAI, Script, serve
+from engine.wire import Chunk
 
-from .helpers import make_config
+from .helpers import ScriptedProvider, make_config, read_until
 
 
 def open_fds() -> int:
@@ -70,3 +78,57 @@ async def test_disconnects_leave_no_tasks_or_descriptors_behind():
             assert len(fake.requests) == 40
         finally:
             await runner.cleanup()
+
+
+class _Kept(Chunk, weakref=True):
+    """A chunk the test can watch die (msgspec Structs take no weak reference by default)."""
+
+
+class _WatchedProvider(ScriptedProvider):
+    """ScriptedProvider whose chunks are watched: ``sent_chunks`` are weak references."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent_chunks: list[weakref.ref[Chunk]] = []
+
+    async def _chunks(self) -> AsyncGenerator[Chunk, None]:
+        async for chunk in super()._chunks():
+            kept = _Kept(**msgspec.structs.asdict(chunk))
+            self.sent_chunks.append(weakref.ref(kept))
+            del chunk
+            yield kept
+            del kept
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/chat/stream", {"messages": [{"role": "user", "content": "hi"}]}),
+        (
+            "/v1/chat/completions",
+            {"model": "mock/x", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+        ),
+    ],
+)
+async def test_an_idle_stream_holds_none_of_the_chunks_it_already_sent(aiohttp_client, path, body):
+    """A stream whose provider goes quiet keeps nothing of what it relayed (idle memory).
+
+    Ten thousand streams waiting on a slow model must each cost what an open
+    connection costs, not that plus their last chunk and its frame.
+    """
+    gate = asyncio.Event()
+    provider = _WatchedProvider(["t0 ", "t1 ", "t2 "], gate=gate, hold_from=2)
+    app = create_app(make_config())
+    app[ENGINE].add_provider(provider, "mock")
+    client = await aiohttp_client(app)
+    resp = await client.post(path, json=body)
+    events, decoder = await read_until(resp, 3)  # (start or role), t0, t1; then quiet
+    assert "t1 " in events[-1].data
+    for _ in range(50):  # the relay is back in its wait for t2 once the write is out
+        await asyncio.sleep(0)
+    gc.collect()
+    assert len(provider.sent_chunks) == 2
+    assert [ref() for ref in provider.sent_chunks] == [None, None]
+    gate.set()
+    rest = decoder.feed(await resp.read())
+    assert any("t2 " in e.data for e in rest)

@@ -202,7 +202,6 @@ async def relay(
     upstream is closed at once, the partial reply is stored with reason
     ``stopped``, and the stream ends normally with ``finish_reason: "stopped"``.
     """
-    reply = _Reply()
     n = 0
     how = "interrupted"  # how the stream ended, for a late Stop
     stopped = False
@@ -213,7 +212,10 @@ async def relay(
     first = 0.0  # when the first chunk came
     # Timed: the first chunk (TTFT), and with an observer one in SAMPLE_EVERY.
     every = SAMPLE_EVERY if observer is not None else 1 << 62
+    # What the client was sent, kept for memory or a log of the content only: a
+    # stream with neither holds none of it (benchmarks/NOTES.md, Change 12).
     keep = memory is not None or (observer is not None and observer.log_content)
+    reply = _Reply() if keep else None
     try:
         async with chunks:
             # Stored before the headers, so a store that is down is still a JSON
@@ -232,13 +234,18 @@ async def relay(
                     # alone the moment the relay would wait (one write less a stream).
                     stream.queue_frame(framing.start())
                     policy = Coalescer(stream)
-                    # Bound once: the loop below runs per chunk (benchmarks/NOTES.md).
-                    fetch, frame, send = policy.next, framing.chunk, policy.add
                     finish_reason: str | None = None
+                    chunk: Chunk | None = None
+                    wait: Awaitable[None] | None = None
                     try:
                         while True:
+                            # An idle stream waits in the fetch below for as long as
+                            # its provider is silent: it holds nothing it already sent
+                            # (the last chunk, its frame, a finished wait: about 320 B,
+                            # benchmarks/NOTES.md, Change 12).
+                            chunk = data = wait = None
                             try:
-                                chunk = await fetch(chunks)
+                                chunk = await policy.next(chunks)
                             except StopAsyncIteration:
                                 break
                             except Exception:
@@ -256,12 +263,12 @@ async def relay(
                             if chunk.usage is not None:
                                 usage = chunk.usage
                             # frame
-                            data = frame(chunk, n)
+                            data = framing.chunk(chunk, n)
                             if data is None:
                                 continue
                             # send (now, or with the rest of its burst; the log with it)
-                            wait = send(data)
-                            if keep:
+                            wait = policy.add(data)
+                            if reply is not None:
                                 reply.keep(chunk.content)
                                 if chunk.tool_calls:
                                     merge_tool_deltas(reply.calls, chunk.tool_calls)
@@ -284,7 +291,7 @@ async def relay(
                     if usage is None:
                         # Stopped, or a server that sends none: say about what it was.
                         usage = _estimate(chunks, n)
-                    if memory is not None:
+                    if memory is not None and reply is not None:  # (one implies the other)
                         metadata = reply.metadata(stream_id, "stopped" if stopped else None)
                         if isinstance(usage, EstimatedUsage):
                             metadata["usage"] = msgspec.to_builtins(usage)
@@ -337,7 +344,7 @@ async def relay(
                 reason = EngineError("internal error")
             log.end(framing.error(reason, n))
         # `memory` is None once the whole reply was stored.
-        if memory is not None and reply.seen:
+        if memory is not None and reply is not None and reply.seen:
             await _store_partial(memory, reply, stream, stream_id, _estimate(chunks, n))
     return stream.response or web.Response(status=499)
 
@@ -348,7 +355,7 @@ def _report(
     chunks: ChunkStream,
     stream_id: str,
     generation: Generation | None,
-    reply: _Reply,
+    reply: _Reply | None,
     failure: EngineError | None,
     how: str,
     n: int,
@@ -377,7 +384,11 @@ def _report(
             bytes=stream.bytes_sent,
             delays=stream.delays,
             alias=generation.alias if generation is not None else None,
-            content=reply.text_shown(stream.queued) if observer.log_content else None,
+            content=(
+                reply.text_shown(stream.queued)
+                if reply is not None and observer.log_content
+                else None
+            ),
         )
         observer.stream_ended(end)
     except Exception:  # metrics must never break a stream's end
