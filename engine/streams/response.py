@@ -258,6 +258,7 @@ class EventStream:
             self._closed = True
             raise ClientDisconnectedError("the client left before the stream started")
         self._response = response
+        self._headers = None  # sent: an open stream need not hold them (NOTES.md, Change 12)
         self._writer = writer
         self._transport = transport
         _stop_keepalive_timer(self._request)
