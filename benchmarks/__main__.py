@@ -304,7 +304,8 @@ def targets17(sections: dict[str, Any]) -> list[str]:
     rows.append(
         "| `--workers 2` on this 2-core machine | not part of `make bench` (the load generator "
         "needs a core of its own): `python -m benchmarks.workers`, in the Optimisation log under "
-        "Issue 14, part A, where both cores are shared with the load generator | | n/a |"
+        "Issue 17, `--workers 2`: two workers 1.76x one pinned worker, on 1.62 of the two cores, "
+        "the load generator on the rest | | n/a |"
     )
     return rows
 
