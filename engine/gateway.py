@@ -104,8 +104,9 @@ class Engine:
         #: ``serve --workers N``, so that any worker knows which one holds the
         #: stream (engine.siblings); empty otherwise.
         self.stream_tag = ""
-        # Bound once: every open stream holds it, and a bound method is 64 bytes.
-        self._scrub = self.scrub
+        # Bound once, for every caller: each open stream holds it (EventStream's
+        # ``scrub``), and a bound method made per stream is 64 bytes (NOTES.md, Change 12).
+        self.scrub = self.scrub  # type: ignore[method-assign]
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Engine:
@@ -206,7 +207,7 @@ class Engine:
             send_timeout=self.config.send_timeout,
             retry_ms=self.config.retry_ms,
             headers=headers or None,
-            scrub=self._scrub,
+            scrub=self.scrub,
         )
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:

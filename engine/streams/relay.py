@@ -214,8 +214,9 @@ async def relay(
     every = SAMPLE_EVERY if observer is not None else 1 << 62
     # What the client was sent, kept for memory or a log of the content only: a
     # stream with neither holds none of it (benchmarks/NOTES.md, Change 12).
-    keep = memory is not None or (observer is not None and observer.log_content)
-    reply = _Reply() if keep else None
+    reply = (
+        _Reply() if memory is not None or (observer is not None and observer.log_content) else None
+    )
     try:
         async with chunks:
             # Stored before the headers, so a store that is down is still a JSON
